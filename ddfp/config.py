@@ -1,0 +1,309 @@
+"""One frozen, typed configuration for everything, built from params.yaml.
+
+Layers, later wins:
+  1. the field defaults below: the authors' values (Pascal VOC, ResNet-101, ../shared/ddfp_method.md);
+  2. a mapping (params.yaml, or a named profile from profiles/<name>.yaml over its parent);
+  3. overrides ``key.sub=value`` (CLI ``--set``, sweep trials), parsed as YAML scalars.
+
+Validation happens once, here: an unknown key, a wrong type or an out-of-range value raises
+``ConfigError`` naming the dotted key and what was expected, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key(s) at fault in the message."""
+
+
+class _Section(BaseModel):
+    # strict: YAML "4" is not the number 4; extra=forbid: a typo is an error, not a silent default.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class FileSource(_Section):
+    """One remote file of a dataset: where it comes from, how it is checked, where it goes."""
+
+    url: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    dest: str = Field(min_length=1, description="path relative to data.root after download/extraction")
+    extract: bool = False
+    # Files with no published checksum (split lists at a pinned commit) may omit both hashes: the
+    # download then warns and prints the sha256 to pin.
+
+
+class DataConfig(_Section):
+    dataset: Literal["synthetic", "pascal", "cityscapes"] = "pascal"
+    root: str = "data/pascal"
+    splits: list[str] = Field(default_factory=lambda: ["92", "183", "366", "732", "1464"], min_length=1)
+    split_seed: int = Field(default=0, ge=0)
+    crop_size: int = Field(default=513, ge=16)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    num_workers: int = Field(default=4, ge=0)
+
+    @model_validator(mode="after")
+    def _scales(self) -> "DataConfig":
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be 0 < low <= high, got {self.scale_range}")
+        return self
+
+
+class DownloadConfig(_Section):
+    mirror: str = Field(default="", description="base URL replacing scheme+host of every url")
+    files: list[FileSource] = Field(default_factory=list)
+    timeout_s: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+class SyntheticConfig(_Section):
+    """The generated VOC-format demo dataset (ddfp.data.synthetic)."""
+
+    seed: int = Field(default=0, ge=0)
+    num_train: int = Field(default=320, ge=4)
+    num_val: int = Field(default=80, ge=2)
+    image_size: int = Field(default=128, ge=32)
+
+
+class ModelConfig(_Section):
+    backbone: Literal["mobilenet_v2", "resnet50", "resnet101"] = "resnet101"
+    pretrained: bool = True
+    output_stride: Literal[8, 16] = 16
+    aspp_dilations: tuple[int, int, int] = (6, 12, 18)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+
+class FlowConfig(_Section):
+    n_blocks: int = Field(default=2, ge=1)
+    hidden_dim: int = Field(default=256, ge=1)
+    clamp: float = Field(default=2.0, gt=0)
+    input_noise: float = Field(default=0.05, ge=0)
+    num_samples: int = Field(default=20480, ge=1, description="pixels sampled per flow step")
+    init_std: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    grad_clip: float = Field(default=50.0, gt=0)
+    lr_decay: float = Field(default=0.01, gt=0, le=1, description="total LR factor over training")
+    perm_seed: int = Field(default=0, ge=0)
+
+
+class PerturbConfig(_Section):
+    eps: float = Field(default=4.0, ge=0)
+    mask: Literal["confident", "all"] = "confident"
+
+
+class TeacherConfig(_Section):
+    mode: Literal["ema", "student_bn"] = "ema"
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    pseudo_label_mode: Literal["eval", "train"] = "eval"
+
+
+class LossConfig(_Section):
+    sup: float = Field(default=1.0, ge=0)
+    unsup: float = Field(default=0.5, ge=0)
+    perturb: float = Field(default=0.5, ge=0)
+    warmup_unsup: float = Field(default=1.0, ge=0, description="unsupervised weight before perturbation starts")
+
+
+class TrainConfig(_Section):
+    method: Literal["supervised", "mean_teacher", "ddfp"] = "ddfp"
+    epochs: int = Field(default=80, ge=1)
+    sup_only_epochs: int = Field(default=1, ge=0)
+    flow_start_epoch: int = Field(default=1, ge=0)
+    perturb_start_epoch: int = Field(default=2, ge=0)
+    batch_size: int = Field(default=4, ge=1, description="labelled and unlabelled images per process")
+    lr: float = Field(default=1e-3, gt=0)
+    head_lr_mult: float | None = Field(default=None, gt=0, description="null: the dataset's value")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    poly_power: float = Field(default=0.9, ge=0)
+    conf_thresh: float = Field(default=0.95, ge=0, le=1)
+    cutmix_prob: float = Field(default=0.5, ge=0, le=1)
+    seed: int = Field(default=2, ge=0)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_every: int = Field(default=4, ge=1, description="epochs between evaluations")
+    ckpt_every: int = Field(default=200, ge=1, description="iterations between checkpoints")
+    log_every: int = Field(default=20, ge=1, description="iterations between logged losses (one host sync)")
+    max_iters: int | None = Field(default=None, ge=1, description="stop early (benchmarks, tests)")
+
+    @model_validator(mode="after")
+    def _phases(self) -> "TrainConfig":
+        if not self.sup_only_epochs <= self.flow_start_epoch <= self.perturb_start_epoch:
+            raise ValueError("need sup_only_epochs <= flow_start_epoch <= perturb_start_epoch")
+        return self
+
+
+class EvalConfig(_Section):
+    mode: Literal["whole", "sliding"] | None = Field(default=None, description="null: the dataset's protocol")
+    crop_size: int | None = Field(default=None, ge=16, description="null: data.crop_size")
+    stride_ratio: float = Field(default=2 / 3, gt=0, le=1)
+    batch_size: int = Field(default=1, ge=1)
+    model: Literal["teacher", "student"] = Field(
+        default="teacher", description="reported model; the supervised baseline has no teacher and uses the student"
+    )
+
+
+class Config(_Section):
+    profile: str = "pascal"
+    data: DataConfig = DataConfig()
+    download: DownloadConfig = DownloadConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    model: ModelConfig = ModelConfig()
+    flow: FlowConfig = FlowConfig()
+    perturb: PerturbConfig = PerturbConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-safe): what checkpoints and trackers store."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {'perturb.eps': 4.0} (for trackers and sweeps)."""
+        return _flatten(self.to_dict())
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, Mapping) else f" (got {got!r})"
+        lines.append(f"{key}: {e['msg']}{got_s}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _tuples_from_lists(tree: Any) -> Any:
+    # YAML has no tuples; strict pydantic wants them for tuple fields. Lists of mappings stay lists.
+    if isinstance(tree, Mapping):
+        return {k: _tuples_from_lists(v) for k, v in tree.items()}
+    if isinstance(tree, list) and tree and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tree):
+        return tuple(tree)
+    if isinstance(tree, list):
+        return [_tuples_from_lists(v) for v in tree]
+    return tree
+
+
+def _lists_where_expected(tree: dict[str, Any]) -> dict[str, Any]:
+    # data.splits is a list of names; numbers in YAML ([16, 32]) are accepted as names.
+    data = tree.get("data")
+    if isinstance(data, Mapping) and isinstance(data.get("splits"), (list, tuple)):
+        tree = {**tree, "data": {**data, "splits": [str(s) for s in data["splits"]]}}
+    return tree
+
+
+def from_mapping(tree: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping into a Config, or raise ConfigError naming every bad key."""
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"configuration must be a mapping, got {type(tree).__name__}")
+    tree = _lists_where_expected(_tuples_from_lists(dict(tree)))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree['a']['b'] = value for key 'a.b'; refuses to descend into a non-mapping."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['perturb.eps=2', 'data.splits=[16,32]'] -> {'perturb.eps': 2, ...} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; mappings merge, everything else (lists included) replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return tree
+
+
+def profile_tree(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+    """The full mapping of a named profile: its file merged over its `extends:` parent, if any."""
+    path = profiles_dir / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+        raise ConfigError(f"profile: unknown profile {name!r}; known: {', '.join(known)}")
+    tree = read_yaml(path)
+    parent = tree.pop("extends", None)
+    base = profile_tree(parent, profiles_dir) if parent else {}
+    return deep_merge(base, {**tree, "profile": name})
+
+
+def load(
+    params: Path | None = Path("params.yaml"),
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profiles_dir: Path = PROFILES_DIR,
+) -> Config:
+    """params.yaml (or the named profile instead of it) + dotted overrides -> validated Config."""
+    tree = profile_tree(profile, profiles_dir) if profile else (read_yaml(params) if params else {})
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    return from_mapping(tree)
+
+
+def replace(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A new validated Config with dotted fields replaced (how sweep trials derive theirs)."""
+    tree = cfg.to_dict()
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    return from_mapping(tree)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

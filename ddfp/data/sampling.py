@@ -1,0 +1,55 @@
+"""Epoch orders that depend only on (seed, stream, epoch): the key to bit-exact resume.
+
+Each item comes with its own augmentation seed, so what a sample looks like does not depend on
+worker count, worker order or on how many batches were skipped after a resume.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+_MOD = 2**63 - 1
+
+
+def item_seed(seed: int, stream: int, epoch: int, position: int) -> int:
+    return (((seed * 1_000_003 + stream) * 100_003 + epoch) * 10_000_019 + position) % _MOD
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (index, item seed) for one rank of one epoch.
+
+    The epoch is `length` draws: shuffled passes over the items, concatenated and cut to length (the
+    authors resample the labelled list to the size of the unlabelled one). Ranks take every
+    world_size-th position and the tail that does not fill a batch on every rank is dropped, as
+    DistributedSampler(drop_last=True) does.
+    """
+
+    def __init__(self, num_items: int, length: int, seed: int, stream: int, batch_size: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if num_items < 1:
+            raise ValueError("EpochSampler: the list is empty")
+        self.num_items, self.seed, self.stream = num_items, seed, stream
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = (length // (world_size * batch_size)) * batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch and how many of this rank's items were already consumed (resume)."""
+        self.epoch, self.skip = epoch, skip
+
+    def _order(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(item_seed(self.seed, self.stream, self.epoch, 0))
+        passes = -(-self.per_rank * self.world_size // self.num_items)
+        return torch.cat([torch.randperm(self.num_items, generator=gen) for _ in range(passes)])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order().tolist()
+        for k in range(self.skip, self.per_rank):
+            pos = k * self.world_size + self.rank
+            yield order[pos], item_seed(self.seed, self.stream, self.epoch, pos + 1)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip

@@ -1,0 +1,57 @@
+"""Prediction on full images: whole image padded to the crop (Pascal protocol) or sliding windows
+(Cityscapes protocol). Models are called in eval mode; only the main BN is used."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def predict_whole(model: nn.Module, img: Tensor, crop: int) -> Tensor:
+    """B x 3 x H x W -> B x C x H x W logits; the image is centre-padded to at least crop x crop.
+
+    Padding with 0 after normalisation is padding with the mean colour; the padded border is cut
+    away before returning.
+    """
+    h, w = img.shape[-2:]
+    ph, pw = max(crop - h, 0), max(crop - w, 0)
+    top, left = ph // 2, pw // 2
+    padded = F.pad(img, (left, pw - left, top, ph - top))
+    logits = model(padded).logits
+    return logits[..., top : top + h, left : left + w]
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    # Last window is shifted to end at the border (the authors truncate it instead).
+    if size <= crop:
+        return [0]
+    n = math.ceil((size - crop) / stride) + 1
+    return sorted({min(i * stride, size - crop) for i in range(n)})
+
+
+def predict_sliding(model: nn.Module, img: Tensor, crop: int, stride: int, num_classes: int) -> Tensor:
+    """Softmax averaged over crop x crop windows with the given stride -> B x C x H x W scores."""
+    if min(img.shape[-2:]) < crop:
+        return predict_whole(model, img, crop).softmax(dim=1)
+    b, _, h, w = img.shape
+    scores = img.new_zeros(b, num_classes, h, w)
+    counts = img.new_zeros(1, 1, h, w)
+    for y in _window_starts(h, crop, stride):
+        for x in _window_starts(w, crop, stride):
+            window = img[..., y : y + crop, x : x + crop]
+            scores[..., y : y + crop, x : x + crop] += model(window).logits.softmax(dim=1)
+            counts[..., y : y + crop, x : x + crop] += 1
+    return scores / counts
+
+
+@torch.no_grad()
+def predict(model: nn.Module, img: Tensor, mode: str, crop: int, stride_ratio: float, num_classes: int) -> Tensor:
+    """Class map B x H x W under the configured protocol."""
+    if mode == "sliding":
+        scores = predict_sliding(model, img, crop, max(int(crop * stride_ratio), 1), num_classes)
+    else:
+        scores = predict_whole(model, img, crop)
+    return scores.argmax(dim=1)

@@ -1,0 +1,122 @@
+"""DeepLabV3+ as the authors build it (U2PL decoder), with the classifier's dual BN.
+
+Names follow the paper's split: `encode` produces the 304-channel feature V at stride 4 (the
+perturbation is added there), `classify` maps V to the 256-channel feature whose density is modelled
+and to class logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddfp.config import ModelConfig
+from ddfp.model.backbone import build_backbone, load_backbone_weights
+from ddfp.model.dual_bn import DualBatchNorm2d
+
+ASPP_CHANNELS = 256
+LOW_CHANNELS = 48
+FEATURE_CHANNELS = 256  # classifier output: the flow's input dimension
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel // 2)
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    """Image pooling + 1x1 + three dilated 3x3 branches of 256 channels, concatenated (1280)."""
+
+    def __init__(self, c_in: int, dilations: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_bn_relu(c_in, ASPP_CHANNELS))
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(c_in, ASPP_CHANNELS)]
+            + [_conv_bn_relu(c_in, ASPP_CHANNELS, 3, d) for d in dilations]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([pooled] + [b(x) for b in self.branches], dim=1)
+
+
+class Classifier(nn.Module):
+    """Two 3x3 conv blocks with dual BN (304 -> 256 -> 256), then the 1x1 class projection."""
+
+    def __init__(self, c_in: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, FEATURE_CHANNELS, 3, padding=1)
+        self.bn1 = DualBatchNorm2d(FEATURE_CHANNELS)
+        self.conv2 = nn.Conv2d(FEATURE_CHANNELS, FEATURE_CHANNELS, 3, padding=1)
+        self.bn2 = DualBatchNorm2d(FEATURE_CHANNELS)
+        self.drop = nn.Dropout2d(dropout)
+        self.final = nn.Conv2d(FEATURE_CHANNELS, num_classes, 1)
+
+    def forward(self, v: Tensor, n_main: int, update_stats: bool = True) -> tuple[Tensor, Tensor]:
+        x = self.drop(F.relu(self.bn1(self.conv1(v), n_main, update_stats)))
+        feats = self.drop(F.relu(self.bn2(self.conv2(x), n_main, update_stats)))
+        return self.final(feats), feats
+
+
+@dataclass
+class SegOutput:
+    logits: Tensor  # B x C x H x W at input resolution
+    feats: Tensor  # B x 256 x h x w at stride 4: the density estimator's input
+
+
+class DeepLabV3Plus(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone, cfg.output_stride)
+        self.aspp = ASPP(self.backbone.high_channels, cfg.aspp_dilations)
+        self.aspp_head = nn.Sequential(
+            _conv_bn_relu(5 * ASPP_CHANNELS, ASPP_CHANNELS, 3), nn.Dropout2d(cfg.dropout)
+        )
+        self.low_proj = nn.Sequential(
+            nn.Conv2d(self.backbone.low_channels, LOW_CHANNELS, 1),
+            nn.BatchNorm2d(LOW_CHANNELS),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = Classifier(LOW_CHANNELS + ASPP_CHANNELS, num_classes, cfg.dropout)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Image -> V, the 304-channel [low 48 ; ASPP 256] feature at stride 4."""
+        low, high = self.backbone(x)
+        aspp = self.aspp_head(self.aspp(high))
+        aspp = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([self.low_proj(low), aspp], dim=1)
+
+    def classify(self, v: Tensor, n_main: int | None = None, update_stats: bool = True) -> tuple[Tensor, Tensor]:
+        """V -> (stride-4 logits, 256-channel features); samples from n_main on use the aux BN."""
+        return self.classifier(v, v.shape[0] if n_main is None else n_main, update_stats)
+
+    def forward(self, x: Tensor, n_main: int | None = None) -> SegOutput:
+        logits, feats = self.classify(self.encode(x), n_main)
+        return SegOutput(upsample(logits, x.shape[-2:]), feats)
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        """Backbone at lr, everything else (the DeepLab head) at lr x head_lr_mult."""
+        head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr, "base_lr": lr},
+            {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult},
+        ]
+
+
+def upsample(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Bilinear, align_corners=True, as the authors upsample logits before every loss."""
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, backbone_weights: str | None = None) -> DeepLabV3Plus:
+    model = DeepLabV3Plus(cfg, num_classes)
+    if cfg.pretrained and backbone_weights:
+        load_backbone_weights(model.backbone, backbone_weights)
+    return model

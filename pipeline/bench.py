@@ -1,0 +1,118 @@
+"""`ddfp bench step`: median wall time of one training iteration per method, and its breakdown.
+
+Two settings (clarifications.md): `demo` (the active profile's model and batch) and `paper`
+(ResNet-101, output stride 16, 321 px, 2 labelled + 2 unlabelled, 20,480 flow samples, 21 classes).
+Every pixel is made confident (threshold 0) so the perturbation is timed at its worst case, as in the
+reference measurement of the authors' modules. Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from ddfp.config import Config, replace
+from ddfp.data.spec import IGNORE_INDEX
+from ddfp.losses import downsample_labels
+from ddfp.perturb import density_descending_delta
+from ddfp.step import Batch, Phase, flow_step
+from pipeline.tracking import NullTracker
+from pipeline.trainer import Trainer, select_device
+
+PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
+         "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
+# The step variants, as phases of the ddfp method (mean_teacher = semi without flow or perturbation).
+VARIANTS = {
+    "supervised": Phase(False, False, False),
+    "mean_teacher": Phase(True, False, False),
+    "ddfp_flow_only": Phase(True, True, False),
+    "ddfp": Phase(True, True, True),
+}
+
+
+def random_batch(cfg: Config, num_classes: int, device: torch.device, gen: torch.Generator) -> Batch:
+    b, s = cfg.train.batch_size, cfg.data.crop_size
+    img = lambda: torch.randn(b, 3, s, s, generator=gen).to(device)  # noqa: E731
+    mask = torch.randint(0, num_classes, (b, s, s), generator=gen)
+    mask[:, : s // 16] = IGNORE_INDEX  # a void band, as real masks have
+    ignore = torch.zeros(b, s, s, dtype=torch.long)
+    ignore[:, -s // 16 :] = IGNORE_INDEX  # padding
+    return Batch(img(), mask.to(device), img(), img(), ignore.to(device))
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _breakdown(tr: Trainer, batch: Batch, repeats: int) -> dict[str, float]:
+    """Time the three pieces DDFP adds to a mean-teacher step, each forward + backward."""
+    m, cfg, dev, b = tr.models, tr.cfg, tr.device, batch.img_x.shape[0]
+    with torch.no_grad():
+        t_feats = m.teacher(torch.cat([batch.img_x, batch.img_u_w])).feats
+        v = m.student.encode(torch.cat([batch.img_x, batch.img_u_s]))
+    confident = downsample_labels(torch.zeros_like(batch.mask_x), v.shape[-2:]) != IGNORE_INDEX
+    eps, mask = cfg.perturb.eps, cfg.perturb.mask
+
+    def fit_flow() -> None:
+        tr.opt_flow.zero_grad(set_to_none=True)
+        flow_step(m.flow, t_feats, batch, cfg)[0].backward()
+        tr.opt_flow.step()
+
+    def extra_pass() -> None:
+        # The B perturbed maps through the classifier (aux BN), forward + backward.
+        v_pt = v[b:].detach().requires_grad_()
+        m.student.classify(v_pt, n_main=0)[0].sum().backward()
+
+    return {
+        "flow_fit_s": _median_time(fit_flow, repeats, 1, dev),
+        "perturbation_s": _median_time(
+            lambda: density_descending_delta(m.student, m.flow, v[b:], confident, eps, mask), repeats, 1, dev
+        ),
+        "extra_classifier_pass_s": _median_time(extra_pass, repeats, 1, dev),
+    }
+
+
+def bench_setting(cfg: Config, repeats: int) -> dict[str, Any]:
+    cfg = replace(cfg, {"train.conf_thresh": 0.0, "train.max_iters": 10**6, "model.pretrained": False})
+    device = select_device(cfg.train.device)
+    out: dict[str, Any] = {"backbone": cfg.model.backbone, "crop": cfg.data.crop_size,
+                           "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
+                           "flow_samples": cfg.flow.num_samples, "device": str(device),
+                           "threads": torch.get_num_threads()}
+    tr = Trainer(cfg, None, NullTracker(), device)
+    gen = torch.Generator().manual_seed(0)
+    batch = random_batch(cfg, tr.spec.num_classes, device, gen)
+    for name, phase in VARIANTS.items():
+        out[f"{name}_s"] = round(_median_time(lambda: tr.run_iteration(batch, phase), repeats, 2, device), 4)
+    out["ddfp_over_mean_teacher"] = round(out["ddfp_s"] / out["mean_teacher_s"], 3)
+    out["perturbation_overhead"] = round(out["ddfp_s"] / out["ddfp_flow_only_s"], 3)
+    out["breakdown"] = {k: round(v, 4) for k, v in _breakdown(tr, batch, repeats).items()}
+    return out
+
+
+def run_bench(cfg: Config, what: str, settings: str, repeats: int) -> dict[str, Any]:
+    names = [s.strip() for s in settings.split(",") if s.strip()]
+    unknown = set(names) - {"demo", "paper"}
+    if unknown:
+        raise ValueError(f"--settings: unknown setting(s) {sorted(unknown)}; known: demo, paper")
+    result: dict[str, Any] = {}
+    for name in names:
+        setting_cfg = replace(cfg, PAPER) if name == "paper" else cfg
+        result[name] = bench_setting(setting_cfg, repeats)
+    headline = result.get("paper") or result[names[0]]
+    result["ddfp_over_mean_teacher"] = headline["ddfp_over_mean_teacher"]
+    result["perturbation_overhead"] = headline["perturbation_overhead"]
+    return result

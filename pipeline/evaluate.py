@@ -1,0 +1,57 @@
+"""Validation: the configured inference protocol + an accumulated confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ddfp.config import Config
+from ddfp.data.spec import get_spec
+from ddfp.inference import predict
+from ddfp.metrics import confusion_matrix, iou_per_class, mean_iou
+
+
+@torch.no_grad()
+def confusion(model: nn.Module, loader: DataLoader, cfg: Config, device: torch.device) -> torch.Tensor:
+    spec = get_spec(cfg.data.dataset)
+    mode = cfg.eval.mode or spec.eval_mode
+    crop = cfg.eval.crop_size or cfg.data.crop_size
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(spec.num_classes, spec.num_classes, dtype=torch.long, device=device)
+    for batch in loader:
+        img, mask = batch["img"].to(device), batch["mask"].to(device)
+        pred = predict(model, img, mode, crop, cfg.eval.stride_ratio, spec.num_classes)
+        cm += confusion_matrix(pred, mask, spec.num_classes)
+    model.train(was_training)
+    return cm.cpu()
+
+
+def summarise(cm: torch.Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:
+    ious = iou_per_class(cm)
+    return {
+        "miou": round(mean_iou(cm), 4),
+        "iou": {name: (None if torch.isnan(v) else round(float(v) * 100, 4)) for name, v in zip(class_names, ious)},
+    }
+
+
+def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, cfg: Config, device: torch.device) -> dict:
+    """{name: {miou, iou, confusion}} for each model (student, teacher)."""
+    names = get_spec(cfg.data.dataset).class_names
+    out = {}
+    for name, model in models.items():
+        cm = confusion(model, loader, cfg, device)
+        out[name] = {**summarise(cm, names), "confusion": cm.tolist()}
+    return out
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,65 @@
+"""DataLoaders for a split directory (labeled.txt / unlabeled.txt / val.txt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ddfp.config import Config
+from ddfp.data.dataset import SegDataset, read_split_file
+from ddfp.data.sampling import EpochSampler
+from ddfp.data.spec import get_spec
+
+LABELED_STREAM, UNLABELED_STREAM = 1, 2
+
+
+@dataclass
+class TrainLoaders:
+    labeled: DataLoader
+    unlabeled: DataLoader
+    iters_per_epoch: int
+
+    def set_epoch(self, epoch: int, skip_iters: int = 0) -> None:
+        for loader in (self.labeled, self.unlabeled):
+            loader.sampler.set_epoch(epoch, skip_iters * loader.batch_size)
+
+
+def _loader(dataset: SegDataset, sampler, batch_size: int, cfg: Config) -> DataLoader:
+    # A private generator: otherwise creating the iterator draws from the global RNG, which the
+    # checkpoint restores, and worker seeds would shift the training randomness.
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+
+
+def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> TrainLoaders:
+    """One epoch = |unlabelled| draws from each list (labelled resampled to that size)."""
+    num_classes = get_spec(cfg.data.dataset).num_classes
+    lines_l = read_split_file(split_dir / "labeled.txt")
+    lines_u = read_split_file(split_dir / "unlabeled.txt")
+    d, t = cfg.data, cfg.train
+    ds_l = SegDataset(data_root, lines_l, "labeled", d.crop_size, d.scale_range, num_classes)
+    ds_u = SegDataset(data_root, lines_u, "unlabeled", d.crop_size, d.scale_range, num_classes)
+    length = len(lines_u)
+    samplers = [
+        EpochSampler(len(lines_l), length, t.seed, LABELED_STREAM, t.batch_size, rank, world_size),
+        EpochSampler(len(lines_u), length, t.seed, UNLABELED_STREAM, t.batch_size, rank, world_size),
+    ]
+    iters = samplers[0].per_rank // t.batch_size
+    if iters < 1:
+        raise ValueError(
+            f"train.batch_size: {t.batch_size} x {world_size} processes exceeds the {length} unlabelled images"
+        )
+    return TrainLoaders(_loader(ds_l, samplers[0], t.batch_size, cfg), _loader(ds_u, samplers[1], t.batch_size, cfg), iters)
+
+
+def val_loader(cfg: Config, data_root: Path, split_dir: Path) -> DataLoader:
+    num_classes = get_spec(cfg.data.dataset).num_classes
+    ds = SegDataset(data_root, read_split_file(split_dir / "val.txt"), "val", cfg.data.crop_size,
+                    cfg.data.scale_range, num_classes)
+    return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)

@@ -1,0 +1,267 @@
+"""fit(): the explicit training loop around ddfp.step.train_step.
+
+Owns devices, AMP, the two optimisers and their schedules, the teacher update, evaluation cadence
+and checkpoints. A checkpoint holds everything for an exact resume; `fit` resumes from one when it
+belongs to the same configuration and starts afresh (saying so) when it does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddfp.config import Config, from_mapping
+from ddfp.data.spec import get_spec
+from ddfp.flow import DensityEstimator
+from ddfp.model import build_model
+from ddfp.model.deeplab import FEATURE_CHANNELS
+from ddfp.step import Batch, Models, Phase, train_step
+from ddfp.teacher import ema_decay, make_teacher, update_teacher
+from pipeline import checkpoint
+from pipeline.evaluate import evaluate_models, write_json_atomic
+from pipeline.loaders import TrainLoaders, train_loaders, val_loader
+from pipeline.tracking import NullTracker, Tracker
+
+# Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
+RESUME_INDEPENDENT = ("profile", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
+                      "train.log_every", "train.eval_every")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    data_root: Path
+    split_dir: Path
+    out_dir: Path
+    weights: Path | None = None
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.out_dir / "train_log.json"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA where supported, fp16 on older GPUs, fp32 (no autocast) on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def poly_lr(base: float, iteration: int, max_iters: int, power: float) -> float:
+    return base * (1 - iteration / max_iters) ** power
+
+
+def flow_lr(cfg: Config, epoch: int) -> float:
+    """StepLR per epoch decaying flow.lr by flow.lr_decay over the flow's epochs; unlike the authors
+    (defect 22) the first flow epoch runs at the full rate."""
+    span = max(cfg.train.epochs - cfg.train.flow_start_epoch, 1)
+    return cfg.flow.lr * cfg.flow.lr_decay ** (max(epoch - cfg.train.flow_start_epoch, 0) / span)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fingerprint(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in cfg.flat().items() if not k.startswith(RESUME_INDEPENDENT)}
+
+
+class Trainer:
+    """State of one training run; `fit` drives it."""
+
+    def __init__(self, cfg: Config, paths: RunPaths | None, tracker: Tracker, device: torch.device) -> None:
+        self.cfg, self.paths, self.tracker, self.device = cfg, paths, tracker, device
+        spec = get_spec(cfg.data.dataset)
+        self.spec = spec
+        seed_everything(cfg.train.seed)
+        weights = str(paths.weights) if paths and paths.weights else None
+        student = build_model(cfg.model, spec.num_classes, weights)
+        self.models = Models(student.to(device), make_teacher(student).to(device),
+                             DensityEstimator(cfg.flow, FEATURE_CHANNELS, spec.num_classes).to(device))
+        t = cfg.train
+        head_mult = t.head_lr_mult if t.head_lr_mult is not None else spec.head_lr_mult
+        self.opt_seg = torch.optim.SGD(student.param_groups(t.lr, head_mult), lr=t.lr, momentum=t.momentum,
+                                       weight_decay=t.weight_decay)
+        self.opt_flow = torch.optim.Adam(self.models.flow.parameters(), lr=cfg.flow.lr, betas=cfg.flow.betas)
+        self.dtype = amp_dtype(t.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        # Without paths (benchmarks) there is no data: the caller feeds batches to run_iteration.
+        self.loaders: TrainLoaders | None = None
+        self.iters_per_epoch = t.max_iters or 1
+        if paths is not None:
+            self.loaders = train_loaders(cfg, paths.data_root, paths.split_dir)
+            self.val = val_loader(cfg, paths.data_root, paths.split_dir)
+            self.iters_per_epoch = self.loaders.iters_per_epoch
+        self.total_iters = t.epochs * self.iters_per_epoch  # the LR schedule's length
+        self.max_iters = min(self.total_iters, t.max_iters or math.inf)  # where this run stops
+        self.epoch, self.iter_in_epoch, self.iteration = 0, 0, 0
+        self.skipped = {"seg": 0, "flow": 0}
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.run_id: str | None = None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, done: bool) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(), "done": done,
+            "student": self.models.student.state_dict(), "teacher": self.models.teacher.state_dict(),
+            "flow": self.models.flow.state_dict(),
+            "opt_seg": self.opt_seg.state_dict(), "opt_flow": self.opt_flow.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": checkpoint.rng_state(),
+            "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "iteration": self.iteration,
+            "skipped": dict(self.skipped), "history": self.history, "evals": self.evals, "run_id": self.run_id,
+        }
+
+    def save(self, done: bool = False) -> None:
+        checkpoint.save_atomic(self.state_dict(done), self.paths.ckpt)
+        write_json_atomic({"iterations": self.history, "evaluations": self.evals}, self.paths.log)
+
+    def try_resume(self) -> bool:
+        """Load the run's checkpoint if it is of this configuration; returns whether it is finished."""
+        if not self.paths.ckpt.exists():
+            return False
+        state = checkpoint.load(self.paths.ckpt)
+        if fingerprint(from_mapping(state["config"])) != fingerprint(self.cfg):
+            tqdm.write(f"{self.paths.ckpt}: checkpoint of another configuration, training from scratch")
+            return False
+        for name in ("student", "teacher", "flow"):
+            getattr(self.models, name).load_state_dict(state[name])
+        self.opt_seg.load_state_dict(state["opt_seg"])
+        self.opt_flow.load_state_dict(state["opt_flow"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        for key in ("epoch", "iter_in_epoch", "iteration", "skipped", "history", "evals", "run_id"):
+            setattr(self, key, state[key])
+        tqdm.write(f"resumed {self.paths.ckpt} at iteration {self.iteration}")
+        return bool(state["done"])
+
+    # ---- one iteration -----------------------------------------------------------------------
+    def _batch(self, bl: dict, bu: dict) -> Batch:
+        to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
+        return Batch(to(bl["img"]), to(bl["mask"]), to(bu["img_w"]), to(bu["img_s"]), to(bu["ignore"]))
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def run_iteration(self, batch: Batch, phase: Phase) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        for group in self.opt_seg.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], self.iteration, self.total_iters, t.poly_power)
+        self.models.student.train()
+        with self._autocast():
+            out = train_step(self.models, batch, phase, self.cfg)
+        self.opt_seg.zero_grad(set_to_none=True)
+        self.scaler.scale(out.seg_loss).backward()
+        checks = [out.seg_loss.detach().float()]
+        if out.flow_loss is not None:
+            self.opt_flow.zero_grad(set_to_none=True)
+            out.flow_loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.models.flow.parameters(), self.cfg.flow.grad_clip)
+            checks.append(out.flow_loss.detach() + gnorm)
+        # The one host sync of an iteration: skip any update whose loss (or flow gradient) is not finite.
+        finite = torch.isfinite(torch.stack(checks)).tolist()
+        if finite[0]:
+            self.scaler.step(self.opt_seg)
+            self.scaler.update()
+            if phase.semi:
+                t0 = t.sup_only_epochs * self.iters_per_epoch
+                decay = ema_decay(self.iteration, t0, self.cfg.teacher.ema_decay)
+                update_teacher(self.models.teacher, self.models.student, decay, self.cfg.teacher.mode)
+        else:
+            self.skipped["seg"] += 1
+        if out.flow_loss is not None:
+            if finite[1]:
+                self.opt_flow.step()
+            else:
+                self.skipped["flow"] += 1
+        return {"loss": out.seg_loss.detach(), **out.logs}
+
+    # ---- logging and evaluation --------------------------------------------------------------
+    def log(self, logs: dict[str, torch.Tensor], bar: tqdm) -> None:
+        row = {k: round(float(v), 6) for k, v in logs.items()}
+        row.update(iteration=self.iteration, epoch=self.epoch, lr=self.opt_seg.param_groups[0]["lr"],
+                   flow_lr=self.opt_flow.param_groups[0]["lr"], skipped_seg=self.skipped["seg"],
+                   skipped_flow=self.skipped["flow"])
+        self.history.append(row)
+        self.tracker.log_metrics({k: v for k, v in row.items() if k not in ("iteration", "epoch")}, self.iteration)
+        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "flow_bpd", "confident_ratio") if k in row})
+
+    def evaluate(self) -> dict[str, Any]:
+        models = {"student": self.models.student}
+        if Phase.at_epoch(self.epoch - 1, self.cfg).semi:
+            models["teacher"] = self.models.teacher
+        res = evaluate_models(models, self.val, self.cfg, self.device)
+        row = {"epoch": self.epoch, "iteration": self.iteration, **{f"val_miou_{k}": v["miou"] for k, v in res.items()}}
+        self.evals.append(row)
+        self.tracker.log_metrics({k: v for k, v in row.items() if k.startswith("val")}, self.iteration)
+        tqdm.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("val")))
+        return res
+
+
+def _finished(tr: Trainer) -> bool:
+    return tr.iteration >= tr.max_iters
+
+
+def _train_epoch(tr: Trainer, bar: tqdm) -> None:
+    cfg = tr.cfg
+    phase = Phase.at_epoch(tr.epoch, cfg)
+    for group in tr.opt_flow.param_groups:
+        group["lr"] = flow_lr(cfg, tr.epoch)
+    tr.loaders.set_epoch(tr.epoch, tr.iter_in_epoch)
+    for bl, bu in zip(tr.loaders.labeled, tr.loaders.unlabeled):
+        logs = tr.run_iteration(tr._batch(bl, bu), phase)
+        tr.iter_in_epoch += 1
+        tr.iteration += 1
+        bar.update(1)
+        if tr.iteration % cfg.train.log_every == 0 or _finished(tr):
+            tr.log(logs, bar)
+        if _finished(tr):
+            return
+        if tr.iteration % cfg.train.ckpt_every == 0:
+            tr.save()
+    tr.epoch += 1
+    tr.iter_in_epoch = 0
+    if tr.epoch % cfg.train.eval_every == 0 or tr.epoch == cfg.train.epochs:
+        tr.evaluate()
+    tr.save()
+
+
+def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume, or find finished) the run in paths.out_dir; returns a summary."""
+    device = select_device(cfg.train.device)
+    tr = Trainer(cfg, paths, tracker or NullTracker(), device)
+    done = tr.try_resume()
+    with tqdm(total=tr.max_iters, initial=tr.iteration, desc=f"train {cfg.train.method}",
+              disable=not progress, dynamic_ncols=True) as bar:
+        while not done and not _finished(tr) and tr.epoch < cfg.train.epochs:
+            _train_epoch(tr, bar)
+    if not done:
+        tr.save(done=True)
+    return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped,
+            "evaluations": tr.evals, "checkpoint": str(paths.ckpt)}
+
+
+__all__ = ["RunPaths", "Trainer", "fit", "poly_lr", "flow_lr", "amp_dtype", "select_device"]

@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from ddfp import config
+from ddfp.config import ConfigError
+
+
+def test_defaults_are_the_authors_values():
+    cfg = config.from_mapping({})
+    assert cfg.perturb.eps == 4.0 and cfg.train.conf_thresh == 0.95 and cfg.teacher.ema_decay == 0.999
+    f = cfg.flow
+    assert (f.n_blocks, f.hidden_dim, f.clamp, f.input_noise, f.num_samples) == (2, 256, 2.0, 0.05, 20480)
+    assert (f.lr, f.betas, f.grad_clip, f.lr_decay) == (1e-3, (0.5, 0.9), 50.0, 0.01)
+    assert (cfg.loss.sup, cfg.loss.unsup, cfg.loss.perturb) == (1.0, 0.5, 0.5)
+    t = cfg.train
+    assert (t.sup_only_epochs, t.flow_start_epoch, t.perturb_start_epoch) == (1, 1, 2)
+    assert (t.lr, t.momentum, t.weight_decay, t.poly_power) == (1e-3, 0.9, 1e-4, 0.9)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"perturb.eps": -1.0}, "perturb.eps"),
+        ({"train.conf_thresh": 1.5}, "train.conf_thresh"),
+        ({"train.epochs": "3"}, "train.epochs"),
+        ({"flow.bogus": 1}, "flow.bogus"),
+        ({"perturb.mask": "some"}, "perturb.mask"),
+        ({"train.flow_start_epoch": 5}, "train"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    cfg = config.load(profile="smoke")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.replace(cfg, override)
+
+
+def test_overrides_parse_yaml_scalars_and_reject_garbage():
+    assert config.parse_overrides(["perturb.eps=2", "data.splits=[1, 2]"]) == {"perturb.eps": 2, "data.splits": [1, 2]}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        config.parse_overrides(["perturb.eps"])
+
+
+def test_params_yaml_is_the_demo_profile():
+    with open("params.yaml") as fh:
+        on_disk = config.from_mapping(yaml.safe_load(fh))
+    assert on_disk == config.load(profile="demo")
+
+
+def test_profiles_resolve_and_smoke_extends_demo():
+    smoke, demo = config.load(profile="smoke"), config.load(profile="demo")
+    assert smoke.model.backbone == demo.model.backbone == "mobilenet_v2"
+    assert config.load(profile="pascal").model.backbone == "resnet101"
+    with pytest.raises(ConfigError, match="unknown profile"):
+        config.load(profile="nope")
+
+
+def test_replace_returns_new_validated_config():
+    cfg = config.load(profile="smoke")
+    new = config.replace(cfg, {"perturb.eps": 2.0})
+    assert new.perturb.eps == 2.0 and cfg.perturb.eps == 4.0

@@ -1,0 +1,50 @@
+import torch
+from torch import nn
+
+from ddfp.teacher import ema_decay, make_teacher, update_teacher
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+
+
+def test_teacher_is_a_real_ema_and_never_aliases_the_student():
+    student = net()
+    teacher = make_teacher(student)
+    for s, t in zip(student.parameters(), teacher.parameters()):
+        assert s.data_ptr() != t.data_ptr()
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    expected = [p.detach().clone() for p in teacher.parameters()]
+    for it in range(5):
+        opt.zero_grad()
+        student(torch.randn(8, 4)).pow(2).sum().backward()
+        opt.step()
+        decay = ema_decay(it + 3, 0, 0.999)  # 0.75, 0.8, ...: not the hand-off
+        update_teacher(teacher, student, decay, "ema")
+        expected = [decay * e + (1 - decay) * s.detach() for e, s in zip(expected, student.parameters())]
+    for t, e, s in zip(teacher.parameters(), expected, student.parameters()):
+        assert torch.allclose(t, e, atol=1e-6)
+        assert not torch.allclose(t, s)
+    before = [s.detach().clone() for s in student.parameters()]
+    with torch.no_grad():
+        for t in teacher.parameters():
+            t.add_(1.0)
+    assert all(torch.equal(s, b) for s, b in zip(student.parameters(), before))
+
+
+def test_decay_starts_at_handoff_and_is_capped():
+    assert ema_decay(100, 100, 0.999) == 0.0
+    assert ema_decay(101, 100, 0.999) == 0.5
+    assert ema_decay(10**6, 0, 0.999) == 0.999
+
+
+def test_student_bn_mode_copies_weights_keeps_own_buffers():
+    student, other = net(), net()
+    teacher = make_teacher(other)
+    with torch.no_grad():
+        student[1].running_mean.fill_(3.0)
+    update_teacher(teacher, student, 0.999, "student_bn")
+    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters()))
+    assert not torch.equal(teacher[1].running_mean, student[1].running_mean)
+    assert teacher[0].weight.data_ptr() != student[0].weight.data_ptr()
