@@ -103,7 +103,9 @@ def flow_step(flow: DensityEstimator, feats: Tensor, batch: Batch, cfg: Config) 
     idx, weights = sample_pixels(labels != IGNORE_INDEX, cfg.flow.num_samples)
     x = pixels_last(feats)[idx].float()
     x = x + cfg.flow.input_noise * torch.randn_like(x)
-    fit = flow.nll(x, labels[idx], weights)
+    # Picks beyond the valid count carry weight 0; give them a label the prior can index.
+    picked = labels[idx].masked_fill(weights == 0, UNLABELLED)
+    fit = flow.nll(x, picked, weights)
     return fit.nll, fit.bits_per_dim
 
 

@@ -17,6 +17,9 @@ from pipeline.trainer import select_device
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:
     """Evaluate student and teacher of `ckpt`; `val_miou` is the reported model's (eval.model).
 
+    The metrics file holds scalars and the reported model's per-class IoU (what `dvc metrics show`
+    should list); the confusion matrices go to a sibling `<name>.confusion.json`.
+
     The architecture and training values come from the checkpoint (what was trained); only the
     evaluation protocol (eval.*) comes from the current configuration.
     """
@@ -39,7 +42,8 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
         "val_miou": results[reported]["miou"], "reported_model": reported, "method": trained.train.method,
         "split": split_dir.name, "dataset": trained.data.dataset, "iterations": state["iteration"],
         **{f"val_miou_{k}": v["miou"] for k, v in results.items()},
-        "per_class_iou": results[reported]["iou"], "models": results,
+        "per_class_iou": results[reported]["iou"],
     }
     write_json_atomic(metrics, out)
+    write_json_atomic({k: v["confusion"] for k, v in results.items()}, out.with_suffix(".confusion.json"))
     return metrics

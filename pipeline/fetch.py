@@ -1,0 +1,278 @@
+"""Downloads that verify and resume, and archive extraction that cannot escape its target.
+
+A file reaches ``dest`` only after its checksum verifies: bytes stream into ``dest.part`` (which a later
+run resumes with an HTTP Range request) and a wrong checksum deletes that part. Archives are checked
+member by member before anything is written, unpacked into a temporary folder beside the target and
+only then moved in, so a refused or broken archive leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from contextlib import nullcontext
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import requests
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+# Small network reads: a dropped connection loses the unfinished read, so at most this much is refetched.
+NET_CHUNK = 1 << 16
+# Failures of the connection, worth another try; an HTTP 4xx answer is not.
+RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched (the message names it)."""
+
+
+class ChecksumError(DownloadError):
+    """The fetched bytes are not the pinned ones."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """An archive member would land outside the extraction target."""
+
+
+def mirror_url(url: str, mirror: str) -> str:
+    """Replace scheme and host of an http(s) url by ``mirror`` (which may carry a path prefix)."""
+    parts = urlsplit(url)
+    if not mirror or parts.scheme not in ("http", "https"):
+        return url
+    return mirror.rstrip("/") + urlunsplit(("", "", parts.path, parts.query, ""))
+
+
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+    mirror: str = "",
+    timeout_s: float = 60.0,
+    retries: int = 3,
+    *,
+    session: requests.Session | None = None,
+    backoff_s: float = 1.0,
+) -> Path:
+    """Fetch ``url`` (http(s), file:// or a local file/folder) to ``dest``, verified; return ``dest``.
+
+    A ``dest`` already there and matching the checksum is kept without any request. A local folder as
+    source means the file named like ``dest`` inside it (archives fetched by hand onto a cluster).
+    """
+    dest = Path(dest)
+    if dest.exists() and _still_good(dest, sha256, md5):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    source = mirror_url(url, mirror)
+    if urlsplit(source).scheme in ("http", "https"):
+        # the caller's session stays open (it may carry a login); a session of our own is closed
+        with nullcontext(session) if session else requests.Session() as http:
+            _http_fetch(source, part, timeout_s, retries, http, backoff_s)
+    else:
+        shutil.copyfile(_local_source(source, dest.name), part)
+    try:
+        _verify(part, str(dest), sha256, md5)
+    except ChecksumError:
+        part.unlink()
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _still_good(dest: Path, sha256: str | None, md5: str | None) -> bool:
+    if sha256 is None and md5 is None:
+        log.info("%s: present and nothing to verify it against; kept", dest)
+        return True
+    try:
+        _verify(dest, str(dest), sha256, md5)
+    except ChecksumError as err:
+        log.warning("%s; fetching it again", err)
+        dest.unlink()
+        return False
+    return True
+
+
+def _verify(path: Path, name: str, sha256: str | None, md5: str | None) -> None:
+    expected = {algo: value.lower() for algo, value in (("sha256", sha256), ("md5", md5)) if value}
+    actual = file_hashes(path, list(expected) or ["sha256"])
+    if not expected:
+        log.warning("%s: no checksum configured; pin it with sha256: %s", name, actual["sha256"])
+    for algo, value in expected.items():
+        if actual[algo] != value:
+            raise ChecksumError(f"{name}: {algo} mismatch: expected {value}, got {actual[algo]}")
+
+
+def file_hashes(path: Path, algos: list[str]) -> dict[str, str]:
+    """Hex digests of one file for several algorithms, read once."""
+    hashers = {algo: hashlib.new(algo) for algo in algos}
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {algo: h.hexdigest() for algo, h in hashers.items()}
+
+
+def _local_source(source: str, name: str) -> Path:
+    parts = urlsplit(source)
+    if parts.scheme not in ("", "file"):
+        raise DownloadError(f"{name}: unsupported URL scheme {parts.scheme!r} in {redact(source)}")
+    path = Path(url2pathname(parts.path)) if parts.scheme == "file" else Path(source)
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise DownloadError(f"{name}: source {path} does not exist")
+    return path
+
+
+def redact(url: str) -> str:
+    """The url without any user:password@ part, for messages."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _http_fetch(
+    url: str, part: Path, timeout_s: float, retries: int, http: requests.Session, backoff_s: float
+) -> None:
+    for attempt in range(retries + 1):
+        try:
+            _http_attempt(url, part, timeout_s, http)
+            return
+        except RETRYABLE as err:
+            if attempt == retries:
+                kept = f"; the next run resumes from the {part.stat().st_size} bytes in {part}" if part.exists() else ""
+                failed = f"{str(part).removesuffix('.part')}: {redact(url)} failed after {attempt + 1} attempt(s)"
+                raise DownloadError(f"{failed}: {err}{kept}") from err
+            wait = backoff_s * 2**attempt
+            log.warning("%s: %s; retrying in %.1f s", part.name, err, wait)
+            time.sleep(wait)
+
+
+def _http_attempt(url: str, part: Path, timeout_s: float, http: requests.Session) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    # identity: byte counts and Range offsets must refer to the file itself, not a gzip transfer encoding
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    with http.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
+        resume = _check_status(resp, url, part, offset)
+        if resume is None:
+            return
+        length = int(resp.headers.get("Content-Length", 0)) or None
+        start = offset if resume else 0
+        total = start + length if length is not None else None
+        name = part.name.removesuffix(".part")
+        with part.open("ab" if resume else "wb") as fh, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None
+        ) as bar:
+            for chunk in resp.iter_content(NET_CHUNK):
+                fh.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size < total:
+        raise requests.ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def _check_status(resp: requests.Response, url: str, part: Path, offset: int) -> bool | None:
+    """True: append to the part; False: write it from the start; None: the part is already complete."""
+    code = resp.status_code
+    if code == 416 and resp.headers.get("Content-Range", "").endswith(f"/{offset}"):
+        return None  # interrupted after the last byte: nothing left to fetch
+    if code == 416 or (code == 206 and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")):
+        part.unlink()
+        raise requests.ConnectionError(f"server refused to resume at byte {offset}; starting over")
+    if code >= 500:
+        raise requests.ConnectionError(f"HTTP {code} from the server")
+    if code >= 400:
+        raise DownloadError(f"{str(part).removesuffix('.part')}: HTTP {code} for {redact(url)}")
+    if offset and code == 200:
+        log.info("%s: the server ignored the Range request; downloading from the start", part.name)
+    return code == 206
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Unpack a tar (any compression) or zip into ``target``; its top-level entries replace same-named ones.
+
+    Refuses, naming the member, absolute paths, paths with '..', links leaving the target and special
+    files. Nothing is written until every member has passed, and nothing reaches ``target`` unless all
+    of the archive unpacked.
+    """
+    archive, target = Path(archive), Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
+    try:
+        _unpack(archive, staging)
+        target.mkdir(exist_ok=True)
+        for entry in staging.iterdir():
+            _replace(entry, target / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unpack(archive: Path, into: Path) -> None:
+    try:
+        if tarfile.is_tarfile(archive):  # tar first: a tar ending in a zip member can look like a zip
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check_tar_member(member)
+                # the "data" filter re-checks on the real file system (chains of symlinks)
+                tar.extractall(into, members=members, filter="data")
+        elif zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    _check_zip_member(zf, info)
+                zf.extractall(into)
+        else:
+            raise DownloadError(f"{archive.name}: neither a tar nor a zip archive")
+    except (UnsafeArchiveError, tarfile.FilterError) as err:
+        member = f"member {err.tarinfo.name!r}: " if isinstance(err, tarfile.FilterError) else ""
+        raise UnsafeArchiveError(f"{archive.name}: {member}{err}") from None
+
+
+def _check_tar_member(member: tarfile.TarInfo) -> None:
+    _check_name(member.name)
+    if member.issym():  # relative to the link's own folder
+        _check_link(member.name, member.linkname, posixpath.dirname(member.name))
+    elif member.islnk():  # relative to the archive root
+        _check_link(member.name, member.linkname, "")
+    elif not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"member {member.name!r}: device or fifo refused")
+
+
+def _check_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    _check_name(info.filename)
+    if stat.S_ISLNK(info.external_attr >> 16):  # a unix symlink: its target is the entry's content
+        _check_link(info.filename, zf.read(info).decode("utf-8", "replace"), posixpath.dirname(info.filename))
+
+
+def _check_name(name: str) -> None:
+    path = name.replace("\\", "/")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise UnsafeArchiveError(f"member {name!r}: absolute path refused")
+    if ".." in path.split("/"):
+        raise UnsafeArchiveError(f"member {name!r}: '..' in the path refused")
+
+
+def _check_link(name: str, link: str, base: str) -> None:
+    norm = posixpath.normpath(posixpath.join(base, link.replace("\\", "/")))
+    if link.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise UnsafeArchiveError(f"member {name!r}: link to {link!r} leaves the target")
+
+
+def _replace(src: Path, dst: Path) -> None:
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    elif dst.exists() or dst.is_symlink():
+        dst.unlink()
+    os.replace(src, dst)

@@ -1,0 +1,126 @@
+"""Writing the generated demo dataset to disk in VOC layout, and packing a dataset as a tar.
+
+Layout (what Pascal VOC ships, so the synthetic set travels the same code path as the real one):
+    root/JPEGImages/<id>.jpg                      quality 95
+    root/SegmentationClass/<id>.png               palette PNG, VOC colour map, index 255 = void
+    root/ImageSets/Segmentation/{train,val}.txt   bare ids
+    root/synthetic.json                           the generator settings (marks the folder as ours)
+Everything is written into a temporary sibling folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ddfp.config import Config
+from ddfp.data.synthetic import generate
+
+JPEG_QUALITY = 95
+MARKER = "synthetic.json"
+
+
+def voc_palette() -> list[int]:
+    """The VOC colour map (768 ints): bits of the index spread over the high bits of R, G, B."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def save_palette_png(mask: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(mask)  # mode L; putpalette turns it into P with the same indices
+    image.putpalette(voc_palette())
+    image.save(path)
+
+
+@contextmanager
+def atomic_directory(dest: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to dest; on success it replaces dest, on error it vanishes.
+
+    The temporary folder is a sibling, so the final renames stay on one file system and dest is
+    never seen half-written.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        _swap_into_place(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful swap
+
+
+def _swap_into_place(new: Path, dest: Path) -> None:
+    # A non-empty folder cannot be renamed over, so the old one is moved aside first and put back if
+    # the second rename fails.
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    aside = trash / dest.name
+    os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _check_replaceable(root: Path) -> None:
+    # Never delete a folder we did not write (a real dataset, a typo in data.root).
+    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
+        raise FileExistsError(f"{root} exists and is not a generated synthetic dataset (no {MARKER}); not replacing it")
+
+
+def write_synthetic(cfg: Config, root: Path) -> None:
+    """Generate cfg.synthetic's dataset into root (VOC layout), atomically replacing an earlier one."""
+    root = Path(root)
+    _check_replaceable(root)
+    syn = cfg.synthetic
+    ids: dict[str, list[str]] = {"train": [], "val": []}
+    with atomic_directory(root) as tmp:
+        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (tmp / sub).mkdir(parents=True)
+        total = syn.num_train + syn.num_val
+        for image_id, image, mask, split in tqdm(generate(syn), total=total, desc="synthetic", unit="img"):
+            Image.fromarray(image).save(tmp / "JPEGImages" / f"{image_id}.jpg", quality=JPEG_QUALITY)
+            save_palette_png(mask, tmp / "SegmentationClass" / f"{image_id}.png")
+            ids[split].append(image_id)
+        for split, names in ids.items():
+            (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        (tmp / MARKER).write_text(json.dumps(syn.model_dump(mode="json"), indent=2) + "\n")
+
+
+def pack_tar(root: Path, tar_path: Path, arcname: str) -> None:
+    """Pack the folder root as tar_path with members under arcname/ (written to a temp file first)."""
+    tar_path = Path(tar_path)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{tar_path.name}.tmp-", dir=tar_path.parent)
+    os.close(fd)
+    try:
+        with tarfile.open(tmp_name, "w") as tar:
+            tar.add(root, arcname=arcname)  # members are added in sorted order: reproducible layout
+        os.replace(tmp_name, tar_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

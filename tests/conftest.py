@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from ddfp import config
+from ddfp.data.spec import get_spec
+from ddfp.flow import DensityEstimator
+from ddfp.model import build_model
+from ddfp.model.deeplab import FEATURE_CHANNELS
+from ddfp.step import Batch, Models
+from ddfp.teacher import make_teacher
+
+
+@pytest.fixture
+def smoke_cfg():
+    """The real smoke profile, unpretrained (no weights file needed for unit tests)."""
+    return config.replace(config.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
+
+
+def make_models(cfg) -> Models:
+    torch.manual_seed(0)
+    n = get_spec(cfg.data.dataset).num_classes
+    student = build_model(cfg.model, n)
+    return Models(student, make_teacher(student), DensityEstimator(cfg.flow, FEATURE_CHANNELS, n))
+
+
+def make_batch(cfg, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    b, s = cfg.train.batch_size, cfg.data.crop_size
+    n = get_spec(cfg.data.dataset).num_classes
+    ignore = torch.zeros(b, s, s, dtype=torch.long)
+    ignore[:, -4:] = 255
+    return Batch(torch.randn(b, 3, s, s, generator=gen), torch.randint(0, n, (b, s, s), generator=gen),
+                 torch.randn(b, 3, s, s, generator=gen), torch.randn(b, 3, s, s, generator=gen), ignore)

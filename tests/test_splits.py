@@ -1,0 +1,144 @@
+"""Split lists: seeded synthetic splits cover every class; published lists are validated and converted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddfp import config
+from ddfp.data.dataset import read_split_file
+from ddfp.data.masks import classes_present, read_mask
+from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
+from pipeline.prepare import write_synthetic
+from pipeline.splits import read_published, run_splits
+
+PASCAL_IDS = [f"2007_{i:06d}" for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = config.replace(config.load(profile="smoke"), {"synthetic.num_train": 40, "synthetic.num_val": 6,
+                                                        "synthetic.image_size": 32})
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    write_synthetic(cfg, root)
+    return root
+
+
+def _smoke(overrides: dict) -> config.Config:
+    return config.replace(config.load(profile="smoke"), overrides)
+
+
+def test_synthetic_splits_cover_all_classes_and_are_disjoint(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = _smoke({"data.splits": ["8", "16"]})
+    manifest = run_splits(cfg, synthetic_root, tmp_path / "splits")
+    for split, n in (("8", 8), ("16", 16)):
+        folder = tmp_path / "splits" / split
+        lists = {name: read_split_file(folder / f"{name}.txt") for name in ("labeled", "unlabeled", "val")}
+        assert [len(lists[k]) for k in ("labeled", "unlabeled", "val")] == [n, 40 - n, 6]
+        image, mask = lists["labeled"][0]
+        assert image.startswith("JPEGImages/") and mask.startswith("SegmentationClass/")
+        images = [{img for img, _ in lists[k]} for k in lists]
+        assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
+        seen = set().union(*(classes_present(read_mask(synthetic_root / m, 8)) for _, m in lists["labeled"]))
+        assert seen == set(range(len(SYNTHETIC_CLASSES)))
+        digest = hashlib.sha256((folder / "labeled.txt").read_bytes()).hexdigest()
+        assert manifest[split]["sha256"]["labeled.txt"] == digest
+        assert manifest[split]["seed"] == cfg.data.split_seed and manifest[split]["labeled"] == n
+    assert json.loads((tmp_path / "splits" / "splits.json").read_text()) == manifest
+    assert run_splits(cfg, synthetic_root, tmp_path / "again") == manifest  # deterministic
+    other = run_splits(_smoke({"data.splits": ["8"], "data.split_seed": 1}), synthetic_root, tmp_path / "o")
+    assert other["8"]["sha256"] != manifest["8"]["sha256"]
+
+
+def test_impossible_class_coverage_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot cover all 8 classes"):
+        run_splits(_smoke({"data.splits": ["1"]}), synthetic_root, tmp_path / "splits")
+    assert not (tmp_path / "splits").exists()  # nothing half-written
+
+
+@pytest.fixture()
+def pascal_root(tmp_path: Path) -> Path:
+    """A tiny Pascal-like root: every mask shows all 21 classes, so any seeded draw covers them."""
+    root = tmp_path / "pascal"
+    spec = get_spec("pascal")
+    (root / spec.image_dir).mkdir(parents=True)
+    (root / spec.mask_dir).mkdir()
+    mask = np.arange(24, dtype=np.uint8).reshape(4, 6) % 21
+    for image_id in PASCAL_IDS:
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / spec.image_dir / f"{image_id}.jpg")
+        Image.fromarray(mask).save(root / spec.mask_dir / f"{image_id}.png")
+    _publish(root, "tiny", PASCAL_IDS[:2], PASCAL_IDS[2:9], PASCAL_IDS[9:])
+    return root
+
+
+def _publish(root: Path, split: str, labeled: list[str], unlabeled: list[str], val: list[str]) -> None:
+    folder = root / "published_splits" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labeled.txt").write_text("\n".join(labeled))  # DDFP's files lack the final newline
+    (folder / "unlabeled.txt").write_text("\n".join(unlabeled))
+    (root / "published_splits" / "val.txt").write_text("\n".join(val))
+
+
+def test_published_ddfp_format_is_converted(pascal_root: Path, tmp_path: Path) -> None:
+    manifest = run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny", "4"]}), pascal_root, tmp_path / "s")
+    assert (tmp_path / "s" / "tiny" / "labeled.txt").read_text().splitlines() == [
+        f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png" for i in PASCAL_IDS[:2]
+    ]
+    assert manifest["tiny"]["source"] == "published" and manifest["tiny"]["val"] == 3
+    assert manifest["4"]["source"] == "seeded"  # numeric, not published: drawn from the train pool
+    assert (manifest["4"]["labeled"], manifest["4"]["unlabeled"]) == (4, 5)
+
+
+def test_published_unimatch_format_is_accepted(pascal_root: Path, tmp_path: Path) -> None:
+    folder = pascal_root / "published_splits" / "tiny"
+    lines = [f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in PASCAL_IDS[:2]]
+    (folder / "labeled.txt").write_text("".join(lines))
+    manifest = run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
+    assert manifest["tiny"]["labeled"] == 2
+
+
+def test_missing_id_is_named(pascal_root: Path, tmp_path: Path) -> None:
+    _publish(pascal_root, "tiny", PASCAL_IDS[:2] + ["2099_999999"], PASCAL_IDS[2:9], PASCAL_IDS[9:])
+    with pytest.raises(FileNotFoundError, match="labeled.txt: 2099_999999"):
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
+
+
+def test_overlap_is_named(pascal_root: Path, tmp_path: Path) -> None:
+    _publish(pascal_root, "tiny", PASCAL_IDS[:3], PASCAL_IDS[2:9], PASCAL_IDS[9:])
+    with pytest.raises(ValueError, match="share 1 images, e.g. 2007_000002"):
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
+
+
+def test_published_counts_are_checked(pascal_root: Path, tmp_path: Path) -> None:
+    _publish(pascal_root, "92", PASCAL_IDS[:2], PASCAL_IDS[2:9], PASCAL_IDS[9:])
+    with pytest.raises(ValueError, match="split 92 has 2 labelled / 7 unlabelled images, published 92 / 10490"):
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["92"]}), pascal_root, tmp_path / "s")
+
+
+def test_cityscapes_line_maps_to_train_ids(tmp_path: Path) -> None:
+    path = tmp_path / "labeled.txt"
+    path.write_text("leftImg8bit/train/jena/jena_000078_000019_leftImg8bit.png\n")
+    assert read_published(path, get_spec("cityscapes")) == [(
+        "leftImg8bit/train/jena/jena_000078_000019_leftImg8bit.png",
+        "gtFine/train/jena/jena_000078_000019_gtFine_labelTrainIds.png",
+    )]
+    path.write_text("2007_000032\n")
+    with pytest.raises(ValueError, match="labeled.txt:1"):
+        read_published(path, get_spec("cityscapes"))
+
+
+def test_duplicate_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "unlabeled.txt"
+    path.write_text("2007_000032\n2007_000033\n2007_000032\n")
+    with pytest.raises(ValueError, match="2007_000032.jpg is listed twice"):
+        read_published(path, get_spec("pascal"))
+
+
+def test_published_name_without_its_lists_is_refused(pascal_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="split 1464 is a published pascal split"):
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["1464"]}), pascal_root, tmp_path / "s")

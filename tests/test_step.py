@@ -1,0 +1,56 @@
+import torch
+
+from ddfp import config
+from ddfp.step import Phase, train_step
+from pipeline.tracking import NullTracker
+from pipeline.trainer import Trainer
+from tests.conftest import make_batch, make_models
+
+DDFP = Phase(semi=True, fit_flow=True, perturb=True)
+
+
+def test_phases_follow_method_and_epoch(smoke_cfg):
+    assert Phase.at_epoch(0, smoke_cfg) == Phase(False, False, False)
+    assert Phase.at_epoch(1, smoke_cfg) == Phase(True, True, False)
+    assert Phase.at_epoch(2, smoke_cfg) == DDFP
+    mt = config.replace(smoke_cfg, {"train.method": "mean_teacher"})
+    assert Phase.at_epoch(5, mt) == Phase(True, False, False)
+    sup = config.replace(smoke_cfg, {"train.method": "supervised"})
+    assert Phase.at_epoch(5, sup) == Phase(False, False, False)
+
+
+def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
+    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
+    out = train_step(make_models(cfg), make_batch(cfg), DDFP, cfg)
+    for key in ("loss_sup", "loss_unsup", "loss_perturb", "flow_bpd", "nll_before", "nll_after",
+                "delta_norm", "confident_ratio"):
+        assert torch.isfinite(out.logs[key]), key
+    assert abs(float(out.logs["delta_norm"]) - cfg.perturb.eps) < 1e-3
+    assert float(out.logs["confident_ratio"]) > 0.5
+
+
+def test_no_confident_pixel_gives_no_nan(smoke_cfg):
+    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 1.0})  # nothing is strictly above 1
+    models = make_models(cfg)
+    out = train_step(models, make_batch(cfg), DDFP, cfg)
+    assert float(out.logs["confident_ratio"]) == 0.0
+    assert float(out.logs["loss_unsup"]) == 0.0 and float(out.logs["loss_perturb"]) == 0.0
+    out.seg_loss.backward()
+    out.flow_loss.backward()
+    for p in list(models.student.parameters()) + list(models.flow.parameters()):
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_non_finite_loss_skips_the_update(smoke_cfg):
+    cfg = config.replace(smoke_cfg, {"train.max_iters": 10})
+    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    batch = make_batch(cfg)
+    batch.img_x[0, 0, 0, 0] = float("nan")  # poisons the segmentation loss (and the teacher's BN)
+    before = {k: v.clone() for k, v in tr.models.student.state_dict().items()}
+    flow_before = {k: v.clone() for k, v in tr.models.flow.state_dict().items()}
+    tr.run_iteration(batch, DDFP)
+    assert tr.skipped["seg"] == 1
+    for k, v in tr.models.student.named_parameters():
+        assert torch.equal(v, before[k]), k
+    for k, v in tr.models.flow.state_dict().items():
+        assert torch.isfinite(v).all() and (tr.skipped["flow"] == 0 or torch.equal(v, flow_before[k]))

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddfp import config
+from pipeline.prepare import write_synthetic
+from pipeline.splits import run_splits
+from pipeline.trainer import RunPaths, fit, flow_lr, poly_lr
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The smoke profile's generated dataset and its splits, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("data")
+    cfg = tiny_cfg()
+    write_synthetic(cfg, root / "dataset")
+    run_splits(cfg, root / "dataset", root / "splits")
+    return root
+
+
+def tiny_cfg(**overrides):
+    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2}
+    return config.replace(config.load(profile="smoke"), {**base, **overrides})
+
+
+def paths(data, out):
+    return RunPaths(data / "dataset", data / "splits" / "8", out)
+
+
+def states(ckpt):
+    state = torch.load(ckpt, weights_only=True)
+    return {k: state[k] for k in ("student", "teacher", "flow", "opt_seg", "opt_flow", "rng", "iteration")}
+
+
+def assert_same(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact(tiny_data, tmp_path):
+    # 10 iterations per epoch: 25 iterations cross the supervised, flow and DDFP phases.
+    straight = fit(tiny_cfg(**{"train.max_iters": 25}), paths(tiny_data, tmp_path / "a"), progress=False)
+    fit(tiny_cfg(**{"train.max_iters": 13}), paths(tiny_data, tmp_path / "b"), progress=False)
+    resumed = fit(tiny_cfg(**{"train.max_iters": 25}), paths(tiny_data, tmp_path / "b"), progress=False)
+    assert straight["iterations"] == resumed["iterations"] == 25
+    assert_same(states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt"))
+    log = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert {"flow_bpd", "nll_before", "nll_after", "delta_norm", "confident_ratio"} <= set(log[-1])
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tiny_data, tmp_path, capsys):
+    fit(tiny_cfg(**{"train.max_iters": 2}), paths(tiny_data, tmp_path), progress=False)
+    out = fit(tiny_cfg(**{"train.max_iters": 2, "perturb.eps": 1.0}), paths(tiny_data, tmp_path), progress=False)
+    assert out["iterations"] == 2
+    assert "another configuration" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_train_then_evaluate(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32"]
+    ddfp = [sys.executable, "-m", "pipeline.cli"]
+    subprocess.run(ddfp + ["train", *common, "--data", str(tiny_data / "dataset"),
+                           "--split-dir", str(tiny_data / "splits" / "8"), "--out", str(run)], check=True)
+    out = tmp_path / "metrics.json"
+    subprocess.run(ddfp + ["evaluate", *common, "--ckpt", str(run / "last.pt"), "--data", str(tiny_data / "dataset"),
+                           "--split-dir", str(tiny_data / "splits" / "8"), "--out", str(out)], check=True)
+    metrics = json.loads(out.read_text())
+    assert 0 <= metrics["val_miou"] <= 100 and metrics["split"] == "8" and metrics["iterations"] == 30
+    evals = json.loads((run / "val_log.json").read_text())
+    assert [e["epoch"] for e in evals] == [1, 2, 3] and "val_miou_teacher" in evals[-1]
+    losses = json.loads((run / "train_log.json").read_text())
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in losses)
+
+
+def test_cli_errors_name_the_key(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--profile", "smoke", "--set",
+                          "perturb.eps=-2", "--data", ".", "--split-dir", ".", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "perturb.eps" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_schedules():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01 and poly_lr(0.01, 100, 100, 0.9) == 0.0
+    cfg = tiny_cfg()
+    assert flow_lr(cfg, cfg.train.flow_start_epoch) == cfg.flow.lr
+    assert flow_lr(cfg, cfg.train.epochs) == pytest.approx(cfg.flow.lr * cfg.flow.lr_decay)
