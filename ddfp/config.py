@@ -36,7 +36,7 @@ class FileSource(_Section):
     url: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
-    dest: str = Field(min_length=1, description="path relative to data.root after download/extraction")
+    dest: str = Field(min_length=1, description="path relative to the dataset root (ddfp download --out)")
     extract: bool = False
     # Files with no published checksum (split lists at a pinned commit) may omit both hashes: the
     # download then warns and prints the sha256 to pin.
@@ -44,7 +44,6 @@ class FileSource(_Section):
 
 class DataConfig(_Section):
     dataset: Literal["synthetic", "pascal", "cityscapes"] = "pascal"
-    root: str = "data/pascal"
     splits: list[str] = Field(default_factory=lambda: ["92", "183", "366", "732", "1464"], min_length=1)
     split_seed: int = Field(default=0, ge=0)
     crop_size: int = Field(default=513, ge=16)

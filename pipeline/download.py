@@ -1,4 +1,4 @@
-"""The `download` stage: the dataset's files fetched, verified, unpacked and arranged under data.root.
+"""The `download` stage: the dataset's files fetched, verified, unpacked and arranged under the dataset root.
 
 Afterwards ``root`` holds the layout of ddfp.data.spec: Pascal ``JPEGImages/`` and
 ``SegmentationClassAug/``; Cityscapes ``leftImg8bit/`` and ``gtFine/`` with ``*_labelTrainIds.png``;
@@ -18,6 +18,7 @@ import requests
 from PIL import Image
 
 from ddfp.config import Config, DownloadConfig, FileSource
+from ddfp.data.masks import voc_palette
 from ddfp.data.spec import IGNORE_INDEX, get_spec
 from pipeline.fetch import DownloadError, download, extract
 
@@ -65,7 +66,7 @@ def fetch_file(src: FileSource, dl: DownloadConfig, root: Path, session: request
     """One configured file to ``root/src.dest`` (verified), unpacked beside itself if ``src.extract``."""
     dest = (root / src.dest).resolve()
     if not dest.is_relative_to(root.resolve()):
-        raise DownloadError(f"download.files: dest {src.dest!r} leaves data.root")
+        raise DownloadError(f"download.files: dest {src.dest!r} leaves the dataset root")
     path = download(src.url, dest, src.sha256, src.md5, dl.mirror, dl.timeout_s, dl.retries, session=session)
     if src.extract:
         _extract_once(path)
@@ -134,21 +135,6 @@ def _sbd_mask(mat: Path) -> np.ndarray:
 
     gt = loadmat(mat, squeeze_me=True, struct_as_record=False)["GTcls"]
     return np.asarray(gt.Segmentation, dtype=np.uint8)
-
-
-def voc_palette() -> list[int]:
-    """VOC's colour map (bit-interleaved class index), so saved masks look like VOC's."""
-    palette = []
-    for label in range(256):
-        r = g = b = 0
-        bits = label
-        for shift in range(7, -1, -1):
-            r |= (bits & 1) << shift
-            g |= ((bits >> 1) & 1) << shift
-            b |= ((bits >> 2) & 1) << shift
-            bits >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def _save_mask(mask: np.ndarray, path: Path, palette: list[int] | None = None) -> None:

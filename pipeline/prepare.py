@@ -24,25 +24,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ddfp.config import Config
+from ddfp.data.masks import voc_palette
 from ddfp.data.synthetic import generate
 
 JPEG_QUALITY = 95
 MARKER = "synthetic.json"
-
-
-def voc_palette() -> list[int]:
-    """The VOC colour map (768 ints): bits of the index spread over the high bits of R, G, B."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def save_palette_png(mask: np.ndarray, path: Path) -> None:
@@ -87,7 +73,7 @@ def _swap_into_place(new: Path, dest: Path) -> None:
 
 
 def _check_replaceable(root: Path) -> None:
-    # Never delete a folder we did not write (a real dataset, a typo in data.root).
+    # Never delete a folder we did not write (a real dataset, a typo in --out).
     if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
         raise FileExistsError(f"{root} exists and is not a generated synthetic dataset (no {MARKER}); not replacing it")
 

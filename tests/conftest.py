@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from http_server import FileServer
 
 from ddfp import config
 from ddfp.data.spec import get_spec
@@ -31,3 +34,11 @@ def make_batch(cfg, seed: int = 0) -> Batch:
     ignore[:, -4:] = 255
     return Batch(torch.randn(b, 3, s, s, generator=gen), torch.randint(0, n, (b, s, s), generator=gen),
                  torch.randn(b, 3, s, s, generator=gen), torch.randn(b, 3, s, s, generator=gen), ignore)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = FileServer(tmp_path / "served")
+    srv.root.mkdir()
+    yield srv.start()
+    srv.stop()

@@ -24,12 +24,6 @@ from ddfp.config import load, replace
 from pipeline.fetch import DownloadError
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    srv = FileServer(tmp_path / "served")
-    srv.root.mkdir()
-    yield srv.start()
-    srv.stop()
 
 
 def mat_bytes(mask: np.ndarray) -> bytes:

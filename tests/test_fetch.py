@@ -20,16 +20,11 @@ from http_server import FileServer
 from PIL import Image
 
 from ddfp.config import load, replace
-from pipeline.download import run_download, voc_palette
+from ddfp.data.masks import voc_palette
+from pipeline.download import run_download
 from pipeline.fetch import ChecksumError, DownloadError, UnsafeArchiveError, download, extract, mirror_url
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    srv = FileServer(tmp_path / "served")
-    srv.root.mkdir()
-    yield srv.start()
-    srv.stop()
 
 
 def sha256(path: Path) -> str:

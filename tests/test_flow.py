@@ -31,12 +31,12 @@ def test_fitting_two_clusters_lowers_nll():
     labels = torch.randint(0, 2, (512,))
     x = torch.randn(512, 4) * 0.3 + (labels[:, None].float() * 6 - 3)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
-    before = float(flow.nll(x, labels).nll)
+    before = float(flow.nll(x, labels).nll.detach())
     for _ in range(150):
         opt.zero_grad()
         flow.nll(x, labels).nll.backward()
         opt.step()
-    after = float(flow.nll(x, labels).nll)
+    after = float(flow.nll(x, labels).nll.detach())
     assert after < before - 1.0
 
 

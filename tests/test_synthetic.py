@@ -13,7 +13,8 @@ from ddfp import config
 from ddfp.data.masks import read_mask
 from ddfp.data.spec import IGNORE_INDEX, SYNTHETIC_CLASSES
 from ddfp.data.synthetic import generate, make_sample
-from pipeline.prepare import MARKER, pack_tar, voc_palette, write_synthetic
+from ddfp.data.masks import voc_palette
+from pipeline.prepare import MARKER, pack_tar, write_synthetic
 
 NUM_CLASSES = len(SYNTHETIC_CLASSES)
 

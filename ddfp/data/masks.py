@@ -48,3 +48,18 @@ def classes_present(mask: np.ndarray) -> set[int]:
     """The class ids occurring in a mask, ignore excluded."""
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=IGNORE_INDEX + 1))
     return {int(v) for v in present if v != IGNORE_INDEX}
+
+
+def voc_palette() -> list[int]:
+    """The VOC colour map (768 ints): bits of the index spread over the high bits of R, G, B."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette

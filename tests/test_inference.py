@@ -1,0 +1,34 @@
+import torch
+from torch import nn
+
+from ddfp.inference import _window_starts, predict
+from ddfp.model.deeplab import SegOutput
+
+
+class Oracle(nn.Module):
+    """Logits that say 'class = x coordinate parity of the whole image', read from channel 0 of the
+    input: any correct crop/pad/stitch bookkeeping returns the input's map exactly."""
+
+    def forward(self, x):
+        labels = x[:, 0].round().long().clamp(0, 2)
+        return SegOutput(nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 10, x)
+
+
+def image(h, w):
+    img = torch.zeros(1, 3, h, w)
+    img[:, 0] = (torch.arange(w)[None, :] // 5 % 3).float().expand(h, w)
+    return img
+
+
+def test_whole_image_padding_is_cut_away():
+    img = image(37, 53)
+    pred = predict(Oracle(), img, "whole", 64, 2 / 3, 3)
+    assert pred.shape == (1, 37, 53) and torch.equal(pred[0], img[0, 0].long())
+
+
+def test_sliding_windows_cover_and_stitch():
+    img = image(70, 130)
+    pred = predict(Oracle(), img, "sliding", 48, 2 / 3, 3)
+    assert torch.equal(pred[0], img[0, 0].long())
+    starts = _window_starts(130, 48, 32)
+    assert starts[0] == 0 and starts[-1] == 130 - 48 and all(b - a <= 32 for a, b in zip(starts, starts[1:]))
