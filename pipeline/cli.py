@@ -14,6 +14,7 @@ from typing import Callable
 
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError
+from pipeline.fetch import DownloadError
 
 NOT_YET = {"submit": "SLURM submission", "sweep": "Optuna sweeps"}
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError) as err:
         if os.environ.get("DDFP_DEBUG"):
             raise
         print(f"ddfp {args.command}: error: {err}", file=sys.stderr)
