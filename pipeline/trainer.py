@@ -124,24 +124,29 @@ class Trainer:
         self.skipped = {"seg": 0, "flow": 0}
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
-        self.run_id: str | None = None
+        self.saved_done = False  # whether the checkpoint on disk is this run's finished state
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def state_dict(self, done: bool) -> dict[str, Any]:
+    @property
+    def complete(self) -> bool:
+        return _finished(self) or self.epoch >= self.cfg.train.epochs
+
+    def state_dict(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.to_dict(), "done": done,
+            "config": self.cfg.to_dict(), "done": self.complete,
             "student": self.models.student.state_dict(), "teacher": self.models.teacher.state_dict(),
             "flow": self.models.flow.state_dict(),
             "opt_seg": self.opt_seg.state_dict(), "opt_flow": self.opt_flow.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": checkpoint.rng_state(),
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "iteration": self.iteration,
-            "skipped": dict(self.skipped), "history": self.history, "evals": self.evals, "run_id": self.run_id,
+            "skipped": dict(self.skipped), "history": self.history, "evals": self.evals,
         }
 
-    def save(self, done: bool = False) -> None:
-        checkpoint.save_atomic(self.state_dict(done), self.paths.ckpt)
+    def save(self) -> None:
+        checkpoint.save_atomic(self.state_dict(), self.paths.ckpt)
         write_json_atomic(self.history, self.paths.log)
         write_json_atomic(self.evals, self.paths.val_log)
+        self.saved_done = self.complete
 
     def try_resume(self) -> None:
         """Load the run's checkpoint if it is of this configuration."""
@@ -157,8 +162,9 @@ class Trainer:
         self.opt_flow.load_state_dict(state["opt_flow"])
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        for key in ("epoch", "iter_in_epoch", "iteration", "skipped", "history", "evals", "run_id"):
+        for key in ("epoch", "iter_in_epoch", "iteration", "skipped", "history", "evals"):
             setattr(self, key, state[key])
+        self.saved_done = bool(state["done"])
         tqdm.write(f"resumed {self.paths.ckpt} at iteration {self.iteration}")
 
     # ---- one iteration -----------------------------------------------------------------------
@@ -249,7 +255,8 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
         if tr.iteration % cfg.train.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
             tr.save()
     if tr.iter_in_epoch < tr.iters_per_epoch:
-        return  # stopped early by train.max_iters
+        tr.save()  # stopped early by train.max_iters
+        return
     tr.epoch += 1
     tr.iter_in_epoch = 0
     if tr.epoch % cfg.train.eval_every == 0 or tr.epoch == cfg.train.epochs:
@@ -266,7 +273,8 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
               disable=not progress, dynamic_ncols=True) as bar:
         while not _finished(tr) and tr.epoch < cfg.train.epochs:
             _train_epoch(tr, bar)
-    tr.save(done=True)
+    if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends
+        tr.save()
     return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped,
             "evaluations": tr.evals, "checkpoint": str(paths.ckpt)}
 
