@@ -15,8 +15,7 @@ from typing import Callable
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError
 from pipeline.fetch import DownloadError
-
-NOT_YET = {"submit": "SLURM submission", "sweep": "Optuna sweeps"}
+from pipeline.slurm import SlurmJobError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -60,15 +59,54 @@ def cmd_weights(args: argparse.Namespace) -> None:
     print(run_weights(load_config(args), args.out))
 
 
+def _weights(cfg: Config, path: Path | None) -> Path | None:
+    weights = path if path and path.is_file() else None
+    if cfg.model.pretrained and weights is None:
+        raise ConfigError(f"model.pretrained is true but --weights {path} is not a file (run `ddfp weights`)")
+    return weights
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    """In this process (or as one rank of torchrun), or, with train.launcher: slurm, as a SLURM job
+    this command waits for (so DVC caches what the job wrote)."""
+    from pipeline import distributed
     from pipeline.trainer import RunPaths, fit
 
     cfg = load_config(args)
-    weights = args.weights if args.weights and args.weights.is_file() else None
-    if cfg.model.pretrained and weights is None:
-        raise ConfigError(f"model.pretrained is true but --weights {args.weights} is not a file (run `ddfp weights`)")
-    summary = fit(cfg, RunPaths(args.data, args.split_dir, args.out, weights))
+    paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))
+    if cfg.train.launcher == "slurm":
+        from pipeline.slurm import train_on_slurm
+
+        summary = train_on_slurm(cfg, {args.split_dir.name: paths})[0]
+    else:
+        env = distributed.init(cfg.train.device)
+        try:
+            summary = fit(cfg, paths, dist=env)
+        finally:
+            distributed.shutdown()
+        if not env.is_main:
+            return
     print(json.dumps({k: v for k, v in summary.items() if k != "evaluations"}, indent=2))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    """Train several splits as one SLURM job array and wait for all of them."""
+    from pipeline.slurm import submit_training, wait
+    from pipeline.trainer import RunPaths
+
+    cfg = load_config(args)
+    splits = args.splits.split(",") if args.splits else cfg.data.splits
+    weights = _weights(cfg, args.weights_dir / f"{cfg.model.backbone}.pth")
+    runs = {s: RunPaths(args.data, args.splits_dir / s, args.runs / s, weights) for s in splits}
+    for split, paths in runs.items():
+        if not (paths.split_dir / "labeled.txt").is_file():
+            raise FileNotFoundError(f"{paths.split_dir}/labeled.txt: split {split} not prepared (run `ddfp splits`)")
+    jobs = submit_training(cfg, runs)
+    if args.no_wait:
+        return
+    results = wait(jobs, splits)
+    print(json.dumps({s: {k: v for k, v in r.items() if k != "evaluations"} for s, r in zip(splits, results)},
+                     indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -91,11 +129,23 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=None if args.json else 2))
 
 
-def _not_yet(name: str) -> Callable[[argparse.Namespace], None]:
-    def run(_: argparse.Namespace) -> None:
-        raise SystemExit(f"ddfp {name}: not yet available ({NOT_YET[name]} is a planned issue)")
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
+    from pipeline.sweep import SweepError, SweepPaths
+    from pipeline.sweep_launch import ensure_inputs, run_sweep, sweep_split
 
-    return run
+    flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
+    cfg = config_mod.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
+    split = sweep_split(cfg)
+    split_dir = args.split_dir or args.splits_dir / split
+    weights = ensure_inputs(cfg, args.data, split_dir, args.weights or Path(f"data/weights/{cfg.model.backbone}.pth"))
+    paths = SweepPaths(args.data, split_dir, weights, args.runs / cfg.sweep.study, args.reports / cfg.sweep.study)
+    try:
+        summary = run_sweep(cfg, paths)
+    except SweepError as err:
+        print(f"ddfp sweep: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps({**summary, "reports": str(paths.reports)}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,11 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "tabulate the metrics of every split")
     p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>.json")
     p.add_argument("--out", type=Path, default=Path("reports/results.md"))
-    add("submit", _not_yet("submit"), "submit training to SLURM (not yet available)")
-    add("sweep", _not_yet("sweep"), "Optuna sweep of eps and the threshold (not yet available)")
+    p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
+    p.add_argument("--splits", help="comma list (default: data.splits)")
+    p.add_argument("--data", type=Path, default=Path("data/dataset"))
+    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
+    p.add_argument("--weights-dir", type=Path, default=Path("data/weights"), help="holds <backbone>.pth")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="run directories <runs>/<split>")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p = add("sweep", cmd_sweep, "Optuna sweep of eps and the threshold (the `sweep` params section)")
+    p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
+    p.add_argument("--workers", type=int, help="parallel workers: processes, or SLURM array tasks (sweep.workers)")
+    p.add_argument("--study", help="study name (sweep.study); storage: sweep.storage or $OPTUNA_STORAGE")
+    p.add_argument("--data", type=Path, default=Path("data/dataset"), help="made if missing (generated dataset)")
+    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
+    p.add_argument("--split-dir", type=Path, help="default: <splits-dir>/<sweep.split>; made if missing")
+    p.add_argument("--weights", type=Path, help="default: data/weights/<backbone>.pth; made if missing")
+    p.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="trial directories <runs>/<study>/trial_<n>")
+    p.add_argument("--reports", type=Path, default=Path("reports/sweep"), help="outputs in <reports>/<study>/")
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step"], help="step: median step time per method")
-    p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper")
+    p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p = sub.add_parser("profile", help="switch params.yaml to a named profile",
@@ -147,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError, SlurmJobError) as err:
         if os.environ.get("DDFP_DEBUG"):
             raise
         print(f"ddfp {args.command}: error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ from ddfp.config import Config
 from ddfp.data.spec import get_spec
 from ddfp.inference import predict
 from ddfp.metrics import confusion_matrix, iou_per_class, mean_iou
+from pipeline.distributed import all_reduce_sum
 
 
 @torch.no_grad()
@@ -29,7 +30,9 @@ def confusion(model: nn.Module, loader: DataLoader, cfg: Config, device: torch.d
         pred = predict(model, img, mode, crop, cfg.eval.stride_ratio, spec.num_classes)
         cm += confusion_matrix(pred, mask, spec.num_classes)
     model.train(was_training)
-    return cm.cpu()
+    # Under torch.distributed each rank saw its own shard of the list (val_loader): the sum is the
+    # matrix of the whole list, exactly (integer counts). A no-op in one process.
+    return all_reduce_sum(cm).cpu()
 
 
 def summarise(cm: torch.Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from ddfp.config import Config
 from ddfp.data.dataset import SegDataset, read_split_file
 from ddfp.data.sampling import EpochSampler
 from ddfp.data.spec import get_spec
+from pipeline.distributed import shard
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
 
@@ -58,8 +59,11 @@ def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, 
     return TrainLoaders(_loader(ds_l, samplers[0], t.batch_size, cfg), _loader(ds_u, samplers[1], t.batch_size, cfg), iters)
 
 
-def val_loader(cfg: Config, data_root: Path, split_dir: Path) -> DataLoader:
+def val_loader(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The validation list, or one rank's exact shard of it (every image on exactly one rank: unlike
+    DistributedSampler there is no padding, so no image is counted twice)."""
     num_classes = get_spec(cfg.data.dataset).num_classes
-    ds = SegDataset(data_root, read_split_file(split_dir / "val.txt"), "val", cfg.data.crop_size,
+    lines = read_split_file(split_dir / "val.txt")
+    ds = SegDataset(data_root, [lines[i] for i in shard(len(lines), rank, world_size)], "val", cfg.data.crop_size,
                     cfg.data.scale_range, num_classes)
     return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)

@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,15 +25,23 @@ from ddfp.model import build_model
 from ddfp.model.deeplab import FEATURE_CHANNELS
 from ddfp.step import Batch, Models, Phase, train_step
 from ddfp.teacher import ema_decay, make_teacher, update_teacher
-from pipeline import checkpoint
+from pipeline import checkpoint, distributed
+from pipeline.distributed import SINGLE, DistEnv
 from pipeline.evaluate import evaluate_models, write_json_atomic
 from pipeline.loaders import TrainLoaders, train_loaders, val_loader
-from pipeline.tracking import NullTracker, Tracker
+from pipeline.tracking import (NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir,
+                               write_config_artifact)
 
 # Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
 # train.max_iters only says where a run stops: a longer run continues a shorter one.
 RESUME_INDEPENDENT = ("profile", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
-                      "train.log_every", "train.eval_every", "train.max_iters")
+                      "train.log_every", "train.eval_every", "train.max_iters", "train.launcher", "slurm.",
+                      "download.", "sweep.")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at an iteration boundary on request (SLURM's USR2 before a time limit or a
+    preemption), after saving: like Ctrl-C, an outside stop, not a failure."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +103,17 @@ def fingerprint(cfg: Config) -> dict[str, Any]:
 class Trainer:
     """State of one training run; `fit` drives it."""
 
-    def __init__(self, cfg: Config, paths: RunPaths | None, tracker: Tracker, device: torch.device) -> None:
-        self.cfg, self.paths, self.tracker, self.device = cfg, paths, tracker, device
+    def __init__(self, cfg: Config, paths: RunPaths | None, tracker: Tracker, device: torch.device,
+                 dist: DistEnv = SINGLE) -> None:
+        self.cfg, self.paths, self.tracker, self.device, self.dist = cfg, paths, tracker, device, dist
         spec = get_spec(cfg.data.dataset)
         self.spec = spec
         seed_everything(cfg.train.seed)
         weights = str(paths.weights) if paths and paths.weights else None
-        student = build_model(cfg.model, spec.num_classes, weights)
-        self.models = Models(student.to(device), make_teacher(student).to(device),
-                             DensityEstimator(cfg.flow, FEATURE_CHANNELS, spec.num_classes).to(device))
+        student = distributed.prepare_student(build_model(cfg.model, spec.num_classes, weights).to(device), dist, device)
+        flow = DensityEstimator(cfg.flow, FEATURE_CHANNELS, spec.num_classes).to(device)
+        distributed.broadcast_module(flow, dist)
+        self.models = Models(student, make_teacher(student).to(device), flow)
         t = cfg.train
         head_mult = t.head_lr_mult if t.head_lr_mult is not None else spec.head_lr_mult
         self.opt_seg = torch.optim.SGD(student.param_groups(t.lr, head_mult), lr=t.lr, momentum=t.momentum,
@@ -115,8 +125,8 @@ class Trainer:
         self.loaders: TrainLoaders | None = None
         self.iters_per_epoch = t.max_iters or 1
         if paths is not None:
-            self.loaders = train_loaders(cfg, paths.data_root, paths.split_dir)
-            self.val = val_loader(cfg, paths.data_root, paths.split_dir)
+            self.loaders = train_loaders(cfg, paths.data_root, paths.split_dir, dist.rank, dist.world_size)
+            self.val = val_loader(cfg, paths.data_root, paths.split_dir, dist.rank, dist.world_size)
             self.iters_per_epoch = self.loaders.iters_per_epoch
         self.total_iters = t.epochs * self.iters_per_epoch  # the LR schedule's length
         self.max_iters = min(self.total_iters, t.max_iters or math.inf)  # where this run stops
@@ -125,6 +135,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.saved_done = False  # whether the checkpoint on disk is this run's finished state
+        self.resumed_run_id: str | None = None  # the tracker run a resumed checkpoint belongs to
+        self.on_eval: Callable[[int, float], None] | None = None
+        self.stop: Any = None  # an Event-like .is_set(): stop at the next iteration boundary (SLURM)
 
     # ---- checkpoints -------------------------------------------------------------------------
     @property
@@ -140,12 +153,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": checkpoint.rng_state(),
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "iteration": self.iteration,
             "skipped": dict(self.skipped), "history": self.history, "evals": self.evals,
+            "run_id": self.tracker.run_id or self.resumed_run_id,
         }
 
     def save(self) -> None:
-        checkpoint.save_atomic(self.state_dict(), self.paths.ckpt)
-        write_json_atomic(self.history, self.paths.log)
-        write_json_atomic(self.evals, self.paths.val_log)
+        if self.dist.is_main:  # every rank holds the same state (averaged gradients); one writes it
+            checkpoint.save_atomic(self.state_dict(), self.paths.ckpt)
+            write_json_atomic(self.history, self.paths.log)
+            write_json_atomic(self.evals, self.paths.val_log)
         self.saved_done = self.complete
 
     def try_resume(self) -> None:
@@ -165,6 +180,7 @@ class Trainer:
         for key in ("epoch", "iter_in_epoch", "iteration", "skipped", "history", "evals"):
             setattr(self, key, state[key])
         self.saved_done = bool(state["done"])
+        self.resumed_run_id = state.get("run_id")
         tqdm.write(f"resumed {self.paths.ckpt} at iteration {self.iteration}")
 
     # ---- one iteration -----------------------------------------------------------------------
@@ -190,8 +206,17 @@ class Trainer:
         if out.flow_loss is not None:
             self.opt_flow.zero_grad(set_to_none=True)
             out.flow_loss.backward()
+            checks.append(out.flow_loss.detach().float())
+        # Gradient sync point (several ranks): the mean gradient and mean losses, before clipping and
+        # before the finite check, so every rank clips, checks and steps identically.
+        synced = list(self.models.student.parameters())
+        if out.flow_loss is not None:
+            synced += list(self.models.flow.parameters())
+        checks = distributed.average_gradients(self.dist, synced, checks)
+        loss = checks[0]
+        if out.flow_loss is not None:
             gnorm = torch.nn.utils.clip_grad_norm_(self.models.flow.parameters(), self.cfg.flow.grad_clip)
-            checks.append(out.flow_loss.detach() + gnorm)
+            checks[1] = checks[1] + gnorm
         # The one host sync of an iteration: skip any update whose loss (or flow gradient) is not finite.
         finite = torch.isfinite(torch.stack(checks)).tolist()
         if finite[0]:
@@ -208,7 +233,7 @@ class Trainer:
                 self.opt_flow.step()
             else:
                 self.skipped["flow"] += 1
-        return {"loss": out.seg_loss.detach(), **out.logs}
+        return {"loss": loss, **out.logs}
 
     # ---- logging and evaluation --------------------------------------------------------------
     def log(self, logs: dict[str, torch.Tensor], bar: tqdm) -> None:
@@ -224,11 +249,15 @@ class Trainer:
         models = {"student": self.models.student}
         if Phase.at_epoch(self.epoch - 1, self.cfg).semi:
             models["teacher"] = self.models.teacher
+        for model in models.values():
+            distributed.broadcast_buffers(model, self.dist)  # every val shard sees rank 0's BN statistics
         res = evaluate_models(models, self.val, self.cfg, self.device)
         row = {"epoch": self.epoch, "iteration": self.iteration, **{f"val_miou_{k}": v["miou"] for k, v in res.items()}}
         self.evals.append(row)
-        self.tracker.log_metrics({k: v for k, v in row.items() if k.startswith("val")}, self.iteration)
-        tqdm.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("val")))
+        per_class = {f"iou_{model}/{cls}": iou for model, r in res.items() for cls, iou in r["iou"].items()}
+        self.tracker.log_metrics({**{k: v for k, v in row.items() if k.startswith("val")}, **per_class}, self.iteration)
+        if self.dist.is_main:
+            tqdm.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("val")))
         return res
 
 
@@ -252,6 +281,9 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
             tr.log(logs, bar)
         if _finished(tr):
             break
+        if tr.stop is not None and distributed.agree(tr.dist, tr.stop.is_set(), tr.device):
+            tr.save()  # at an iteration boundary: a consistent state, the same on every rank
+            raise Interrupted(f"stopped at iteration {tr.iteration} on request")
         if tr.iteration % cfg.train.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
             tr.save()
     if tr.iter_in_epoch < tr.iters_per_epoch:
@@ -260,23 +292,59 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
     tr.epoch += 1
     tr.iter_in_epoch = 0
     if tr.epoch % cfg.train.eval_every == 0 or tr.epoch == cfg.train.epochs:
-        tr.evaluate()
+        res = tr.evaluate()
+        tr.save()  # before the hook: a sweep's pruner may stop the run here
+        if tr.on_eval is not None:
+            tr.on_eval(tr.epoch, res[cfg.eval.model if cfg.eval.model in res else "student"]["miou"])
+        return
     tr.save()
 
 
-def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume, or find finished) the run in paths.out_dir; returns a summary."""
-    device = select_device(cfg.train.device)
-    tr = Trainer(cfg, paths, tracker or NullTracker(), device)
+def _start_tracking(tr: Trainer, parent_run_id: str | None) -> None:
+    """Open the run (or reopen the checkpoint's run) unless the checkpoint is already finished."""
+    if tr.saved_done or tr.tracker.run_id is not None or not hasattr(tr.tracker, "start"):
+        return
+    p = tr.paths
+    info = RunInfo(split=p.split_dir.name, world_size=tr.dist.world_size, device=str(tr.device),
+                   precision=str(tr.dtype or torch.float32).removeprefix("torch."),
+                   data_hashes=dvc_hashes(project_dir(), {"data": p.data_root, "splits": p.split_dir,
+                                                       "weights": p.weights}))
+    tr.tracker.start(tr.cfg, info, resume_id=tr.resumed_run_id, parent_id=parent_run_id)
+    if tr.resumed_run_id is None:
+        write_config_artifact(tr.cfg, tr.tracker)
+
+
+def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: bool = True, *,
+        parent_run_id: str | None = None, on_eval: Callable[[int, float], None] | None = None,
+        dist: DistEnv = SINGLE, stop: Any = None) -> dict[str, Any]:
+    """Train (or resume, or find finished) the run in paths.out_dir; returns a summary.
+
+    tracker: None opens the configured one (MLflow by default). on_eval(epoch, mIoU of the reported
+    model) runs after each evaluation; it may raise to stop the run (a sweep's pruner).
+    dist: this process's rank (pipeline.distributed.init); only rank 0 tracks, prints and saves.
+    stop: an Event set by a signal handler: save at the next iteration boundary, raise Interrupted.
+    """
+    device = dist.device(cfg.train.device)
+    tracker = tracker or (open_tracker(cfg) if dist.is_main else NullTracker())
+    tr = Trainer(cfg, paths, tracker, device, dist)
+    tr.on_eval, tr.stop = on_eval, stop
+    progress = progress and dist.is_main
     tr.try_resume()
-    with tqdm(total=tr.max_iters, initial=tr.iteration, desc=f"train {cfg.train.method}",
-              disable=not progress, dynamic_ncols=True) as bar:
-        while not _finished(tr) and tr.epoch < cfg.train.epochs:
-            _train_epoch(tr, bar)
-    if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends
-        tr.save()
-    return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped,
-            "evaluations": tr.evals, "checkpoint": str(paths.ckpt)}
+    _start_tracking(tr, parent_run_id)
+    try:
+        with tqdm(total=tr.max_iters, initial=tr.iteration, desc=f"train {cfg.train.method}",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            while not _finished(tr) and tr.epoch < cfg.train.epochs:
+                _train_epoch(tr, bar)
+        if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends
+            tr.save()
+    except BaseException as err:
+        tr.tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
+    tr.tracker.finish("FINISHED")
+    return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped, "evaluations": tr.evals,
+            "checkpoint": str(paths.ckpt), "run_id": tr.tracker.run_id or tr.resumed_run_id,
+            **({"rank": dist.rank, "student_digest": distributed.digest(tr.models.student)} if dist.distributed else {})}
 
 
 __all__ = ["RunPaths", "Trainer", "fit", "poly_lr", "flow_lr", "amp_dtype", "select_device"]

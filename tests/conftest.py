@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,18 @@ from ddfp.model import build_model
 from ddfp.model.deeplab import FEATURE_CHANNELS
 from ddfp.step import Batch, Models
 from ddfp.teacher import make_teacher
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory):
+    """Every test run tracks into one throw-away sqlite store, never the project's mlflow.db
+    (tests that need their own store or a server set MLFLOW_TRACKING_URI themselves)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    os.environ.update(MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
+    yield uri
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture

@@ -1,0 +1,234 @@
+"""`ddfp sweep`: an Optuna study over config values (perturb.eps and train.conf_thresh by default).
+
+Each trial derives its config with `config.replace` (search values over the sweep's shorter
+schedule), trains with `fit` in its own directory and reports every evaluation to the pruner. The
+objective is the final val mIoU of the reported model.
+
+Workers are separate processes pulling trials from one storage (sqlite, PostgreSQL, a journal file):
+`sweep.workers` local processes, or a SLURM job array with train.launcher: slurm. `sweep.n_trials`
+is the study's total, so a rerun (or a second worker) continues the study instead of adding to it;
+the check-then-ask step holds a file lock in the sweep's run directory so workers never overshoot.
+With RDB storage a heartbeat marks the trial of a killed worker FAIL and queues a retry (same values,
+same run directory, so training resumes from its checkpoint): a worker whose budget is spent waits
+for the running trials of the others until they finish or go stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ddfp import config as config_mod
+from ddfp.config import Config, ConfigError, ParamSpace
+from pipeline.secrets import redact
+from pipeline.sweep_tracking import RetryStaleTrial, TrialTracker, open_parent_run
+from pipeline.tracking import NullTracker, project_dir, tracking_uri
+
+STORAGE_ENV = "OPTUNA_STORAGE"
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    data_root: Path
+    split_dir: Path
+    weights: Path | None
+    runs: Path  # runs/sweep/<study>: trial_<n>/ per trial, the ask lock
+    reports: Path  # reports/sweep/<study>
+
+
+class SweepError(RuntimeError):
+    """The study did not reach its trial count (workers died, every trial failed)."""
+
+
+def storage_url(cfg: Config) -> str:
+    """As configured, unexpanded (may hold ${VAR}): safe to show once redacted."""
+    return cfg.sweep.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{project_dir() / 'optuna.db'}"
+
+
+def _expand(url: str) -> str:
+    missing = [v for v in re.findall(r"\$\{(\w+)\}", url) if v not in os.environ]
+    if missing:
+        raise ConfigError(f"sweep.storage: environment variable(s) {', '.join(missing)} not set")
+    return os.path.expandvars(url)
+
+
+def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
+    """journal:PATH (journal:///abs or journal:rel) -> a journal file; anything else -> RDBStorage,
+    with the heartbeat that retries the trials of dead workers (sweep.heartbeat_interval_s)."""
+    s, url = cfg.sweep, _expand(storage_url(cfg))
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path = path if path.is_absolute() else project_dir() / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.journal.JournalStorage(backend)
+    heartbeat: dict[str, Any] = {}
+    if s.heartbeat_interval_s:
+        heartbeat = {"heartbeat_interval": s.heartbeat_interval_s, "grace_period": s.grace_period_s,
+                     "heartbeat_stale_trial_callback": RetryStaleTrial(s.max_retry, _tracking(cfg))}
+    # sqlite: wait for another worker's write lock instead of failing; servers: drop dead connections.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+    except Exception as err:  # noqa: BLE001 - a clean, redacted message instead of a driver traceback
+        raise ConfigError(f"sweep.storage {redact(url)}: {redact(str(err)).splitlines()[0]}") from None
+
+
+def _tracking(cfg: Config) -> str | None:
+    return tracking_uri(cfg) if cfg.tracking.enabled else None
+
+
+def _sampler(cfg: Config, worker: int) -> optuna.samplers.BaseSampler:
+    s = cfg.sweep
+    seed = None if s.seed is None else s.seed + worker  # workers must not propose the same points
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=s.seed, scramble=True)  # one sequence shared by workers
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials)
+
+
+def _pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    s = cfg.sweep
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials,
+                                           n_warmup_steps=s.pruner_warmup_steps)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_steps))
+    return optuna.pruners.NopPruner()
+
+
+def load_study(cfg: Config, worker: int = 0) -> optuna.Study:
+    """Create the study or continue it (load_if_exists)."""
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    return optuna.create_study(study_name=cfg.sweep.study, storage=open_storage(cfg), direction="maximize",
+                               sampler=_sampler(cfg, worker), pruner=_pruner(cfg), load_if_exists=True)
+
+
+def suggest(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:
+    if space.type == "categorical":
+        return trial.suggest_categorical(key, space.choices)
+    if space.type == "int":
+        return trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
+    return trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)
+
+
+def trial_config(cfg: Config, values: dict[str, Any]) -> Config:
+    """The trial's config: the sweep's schedule, then the sampled values (never by rewriting YAML)."""
+    return config_mod.replace(cfg, {**cfg.sweep.overrides, **values})
+
+
+def final_miou(cfg: Config, summary: dict[str, Any]) -> float:
+    if not summary["evaluations"]:
+        raise ValueError("the sweep's schedule ends before any evaluation (check sweep.overrides)")
+    row = summary["evaluations"][-1]
+    return float(row.get(f"val_miou_{cfg.eval.model}", row["val_miou_student"]))
+
+
+def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id: str | None) -> float:
+    """The objective: train on the sweep's schedule, report each evaluation, return the final mIoU."""
+    from pipeline.trainer import RunPaths, fit
+
+    values = {key: suggest(trial, key, space) for key, space in cfg.sweep.params.items()}
+    retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    run_dir = paths.runs / f"trial_{trial.number if retry_of is None else retry_of}"  # a retry resumes
+    for key, value in {"run_dir": str(run_dir), "worker_pid": os.getpid(), "host": socket.gethostname()}.items():
+        trial.set_user_attr(key, value)
+    tcfg = trial_config(cfg, values)
+    uri = _tracking(tcfg)
+    tracker = TrialTracker(uri, trial, cfg.sweep.study, retry_of) if uri else NullTracker()
+
+    def on_eval(epoch: int, miou: float) -> None:
+        trial.report(miou, epoch)
+        if trial.should_prune():
+            tracker.pruned = True
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (val mIoU {miou:.2f})")
+
+    t0 = time.time()
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    print(f"trial {trial.number}: {shown} -> {run_dir}", file=sys.stderr, flush=True)
+    state, value = "FAIL", None
+    try:
+        summary = fit(tcfg, RunPaths(paths.data_root, paths.split_dir, run_dir, paths.weights), tracker,
+                      progress=False, parent_run_id=parent_run_id, on_eval=on_eval)
+        value, state = final_miou(tcfg, summary), "COMPLETE"
+        return value
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    finally:
+        if isinstance(tracker, TrialTracker):
+            tracker.close_trial(state, value)
+        print(f"trial {trial.number}: {state}" + (f" val mIoU {value:.2f}" if value is not None else "")
+              + f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+class AskLock:
+    """An exclusive flock on a file of the sweep's run directory: held from the budget check until
+    the trial exists (released by the objective), so parallel workers never start a trial too many."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a+")  # noqa: SIM115 - held for the worker's lifetime
+        self.held = False
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.held = False
+
+
+def budget(study: optuna.Study, n_trials: int) -> tuple[int, bool, bool]:
+    """(trials still to start, any WAITING retry, any RUNNING). A FAIL trial that was retried does not
+    count: its retry stands for it."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    logical = [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
+    states = {t.state for t in trials}
+    return n_trials - len(logical), TrialState.WAITING in states, TrialState.RUNNING in states
+
+
+def run_worker(cfg: Config, paths: SweepPaths, parent_run_id: str | None, worker: int = 0) -> int:
+    """Run trials until the study has sweep.n_trials (or the timeout passes); returns how many ran here."""
+    study = load_study(cfg, worker)
+    lock = AskLock(paths.runs / ".ask.lock")
+    heartbeat = cfg.sweep.heartbeat_interval_s if isinstance(study._storage, optuna.storages.RDBStorage) else None
+    deadline = time.monotonic() + (cfg.sweep.timeout_min or float("inf")) * 60
+    objective = lambda t: (lock.release(), run_trial(t, cfg, paths, parent_run_id))[1]  # noqa: E731
+    ran = 0
+    while time.monotonic() < deadline:
+        lock.acquire()
+        try:
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL + a WAITING retry
+            left, waiting, running = budget(study, cfg.sweep.n_trials)
+            if left > 0 or waiting:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                ran += 1
+                continue
+        finally:
+            lock.release()
+        if not (running and heartbeat):
+            break
+        time.sleep(heartbeat)  # another worker's trial may still go stale and need a retry here
+    return ran
+
+
+__all__ = ["SweepPaths", "SweepError", "storage_url", "open_storage", "load_study", "trial_config", "run_trial",
+           "run_worker", "budget", "open_parent_run"]

@@ -1,0 +1,145 @@
+"""Running a sweep end to end: its inputs (made when missing, for the embedded dataset), the study and
+its MLflow parent run, the workers (in this process, local processes, or a SLURM job array), then the
+report files. Every worker is an independent `run_worker` pulling trials from the shared storage.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ddfp.config import Config, ConfigError, from_mapping
+from pipeline.secrets import redact
+from pipeline.sweep import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
+from pipeline.sweep_outputs import write_outputs
+from pipeline.sweep_tracking import finish_parent_run, open_parent_run
+
+
+def sweep_split(cfg: Config) -> str:
+    split = cfg.sweep.split or cfg.data.splits[0]
+    if split not in cfg.data.splits:
+        raise ConfigError(f"sweep.split: {split!r} is not one of data.splits {cfg.data.splits}")
+    return split
+
+
+def ensure_inputs(cfg: Config, data: Path, split_dir: Path, weights: Path | None) -> Path | None:
+    """The dataset, split lists and weights DVC's stages would make, made here when missing (the
+    dataset only when it is the generated one), so `ddfp sweep` works in a fresh clone."""
+    from pipeline.prepare import write_synthetic
+    from pipeline.splits import run_splits
+    from pipeline.weights import run_weights
+
+    if not data.is_dir():
+        if cfg.data.dataset != "synthetic":
+            raise FileNotFoundError(f"{data}: no dataset (run `dvc repro splits weights` first)")
+        print(f"{data}: generating the {cfg.data.dataset} dataset", file=sys.stderr)
+        write_synthetic(cfg, data)
+    if not (split_dir / "labeled.txt").is_file():
+        print(f"{split_dir}: writing the split lists", file=sys.stderr)
+        run_splits(cfg, data, split_dir.parent)
+    if not cfg.model.pretrained:
+        return None
+    if weights is None or not weights.is_file():
+        weights = run_weights(cfg, (weights or Path("data/weights/x")).parent)
+    return weights
+
+
+def check_space(cfg: Config) -> None:
+    """Both ends of every range must give a valid config: fail here, not in every trial."""
+    for end in ("low", "high"):
+        values = {k: (v.choices[0] if v.type == "categorical" else getattr(v, end)) for k, v in cfg.sweep.params.items()}
+        values = {k: int(v) if cfg.sweep.params[k].type == "int" else v for k, v in values.items()}
+        trial_config(cfg, values)
+
+
+def _worker_process(tree: dict[str, Any], paths: SweepPaths, parent: str | None, worker: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # the workers share the machine's cores
+    run_worker(from_mapping(tree), paths, parent, worker)
+
+
+def _local_workers(cfg: Config, paths: SweepPaths, parent: str | None) -> None:
+    # spawn: a fresh interpreter per worker (no forked torch threads, no copied sqlite connections);
+    # the config travels through a pipe, never through argv or a file (it may hold a storage password).
+    ctx = multiprocessing.get_context("spawn")
+    n = cfg.sweep.workers
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = [ctx.Process(target=_worker_process, args=(cfg.to_dict(), paths, parent, i, threads),
+                         name=f"ddfp-sweep-worker-{i}") for i in range(n)]
+    for proc in procs:
+        proc.start()
+    print(f"workers: {', '.join(str(p.pid) for p in procs)}", file=sys.stderr, flush=True)
+    for proc in procs:
+        proc.join()
+    for i, proc in enumerate(procs):
+        if proc.exitcode:
+            how = f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0 else f"exited with {proc.exitcode}"
+            print(f"warning: worker {i} (pid {proc.pid}) {how}", file=sys.stderr)
+
+
+class SweepJob(submitit.helpers.Checkpointable):
+    """One worker as a SLURM array task; requeued on preemption (its trial goes stale and is retried)."""
+
+    def __call__(self, tree: dict[str, Any], paths: SweepPaths, parent: str | None, worker: int) -> int:
+        return run_worker(from_mapping(tree), paths, parent, worker)
+
+
+def _slurm_workers(cfg: Config, paths: SweepPaths, parent: str | None) -> None:
+    from pipeline.slurm import job_config, make_executor, wait
+
+    if cfg.slurm.nodes != 1 or cfg.slurm.tasks_per_node != 1:
+        raise ConfigError("slurm.nodes / slurm.tasks_per_node: a sweep worker is one process (multi-task DDP "
+                          "trials are not supported); set both to 1")
+    url = storage_url(cfg)
+    if redact(url) != url and cfg.sweep.storage:
+        raise ConfigError("sweep.storage: holds a password, which would be pickled into the submitit folder; "
+                          "reference an environment variable (${VAR}) or set OPTUNA_STORAGE")
+    tree = job_config(cfg)  # every URL password redacted
+    if redact(url) == url:
+        tree["sweep"]["storage"] = url  # the default sqlite file, resolved here (the job's cwd may differ)
+    absolute = SweepPaths(*(Path(p).absolute() if p is not None else None for p in (
+        paths.data_root, paths.split_dir, paths.weights, paths.runs, paths.reports)))
+    n = cfg.sweep.workers
+    jobs = make_executor(cfg, f"ddfp-sweep-{cfg.sweep.study}").map_array(
+        SweepJob(), [tree] * n, [absolute] * n, [parent] * n, list(range(n)))
+    print(f"submitted SLURM job array {jobs[0].job_id.split('_')[0]} ({n} workers); log {jobs[0].paths.stdout}",
+          file=sys.stderr, flush=True)
+    wait(jobs, [f"sweep worker {i}" for i in range(n)])
+
+
+def run_sweep(cfg: Config, paths: SweepPaths) -> dict[str, Any]:
+    """Run (or continue) the study to sweep.n_trials, write reports/sweep/<study>/; returns its summary."""
+    s = cfg.sweep
+    check_space(cfg)
+    shown = redact(storage_url(cfg))
+    study = load_study(cfg)
+    left = max(budget(study, s.n_trials)[0], 0)
+    print(f"study {s.study} in {shown}: {len(study.trials)} trials so far, {left} to start, {s.workers} worker(s)",
+          file=sys.stderr, flush=True)
+    parent = open_parent_run(cfg, shown)
+    if cfg.train.launcher == "slurm":
+        _slurm_workers(cfg, paths, parent)
+    elif s.workers == 1:
+        run_worker(cfg, paths, parent)
+    else:
+        _local_workers(cfg, paths, parent)
+    summary, files = write_outputs(cfg, load_study(cfg), paths.reports)
+    finish_parent_run(cfg, parent, summary, files)
+    done = summary["states"]["COMPLETE"] + summary["states"]["PRUNED"] + summary["states"]["FAIL"]
+    if s.timeout_min is None and done - _retried(load_study(cfg)) < s.n_trials:
+        raise SweepError(f"study {s.study}: {summary['states']} after the workers ended, fewer than "
+                         f"sweep.n_trials={s.n_trials} (see the warnings above); rerun to continue it")
+    return summary
+
+
+def _retried(study) -> int:
+    return len({n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])})
+
+
+__all__ = ["run_sweep", "ensure_inputs", "sweep_split", "check_space", "SweepJob"]

@@ -1,0 +1,240 @@
+"""MLflow tracking: a real `mlflow server`, real sqlite stores, the report, and secret redaction."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow_server import MlflowServer, free_port
+from test_trainer import paths, tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
+
+from ddfp import config
+from pipeline.evaluation_stage import run_evaluate
+from pipeline.report import markdown_table, summarise, write_report
+from pipeline.secrets import redact
+from pipeline.tracking import dvc_hashes, group_hash
+from pipeline.trainer import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def tracking_to(monkeypatch):
+    def point(uri: str) -> str:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        return uri
+
+    return point
+
+
+def runs_named(uri: str, name: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("synthetic")
+    return client, client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")
+
+
+def test_redact_hides_url_passwords_only():
+    assert redact("postgresql+psycopg2://bob:pa55@10.0.0.1:5432/optuna") == "postgresql+psycopg2://bob:***@10.0.0.1:5432/optuna"
+    assert redact("see https://u:p@h/x and sqlite:///a.db") == "see https://u:***@h/x and sqlite:///a.db"
+    assert redact("http://host:8080/path") == "http://host:8080/path"
+
+
+def test_dvc_hashes_come_from_dvc_lock(tmp_path):
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  splits:\n    cmd: x\n    outs:\n    - path: data/splits\n      md5: abc.dir\n")
+    hashes = dvc_hashes(tmp_path, {"splits": tmp_path / "data/splits/16", "data": tmp_path / "data/dataset"})
+    assert hashes == {"dvc_md5.splits": "abc.dir", "dvc_md5.data": "untracked"}
+
+
+def test_seeds_share_a_parent_group_and_eps_does_not():
+    cfg = config.load(profile="smoke")
+    assert group_hash(cfg) == group_hash(config.replace(cfg, {"train.seed": 7}))
+    assert group_hash(cfg) != group_hash(config.replace(cfg, {"perturb.eps": 2.0}))
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, tracking_to, tiny_data, tmp_path):
+    tracking_to(mlflow_server.url)
+    cfg = tiny_cfg(**{"train.max_iters": 12, "train.eval_every": 1})
+    summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
+    run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
+                 tmp_path / "metrics" / "8.json")
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "synthetic-8-ddfp-seed2"
+    p = run.data.params
+    assert (p["split"], p["perturb.eps"], p["train.method"], p["world_size"], p["global_batch"]) == \
+        ("8", "4.0", "ddfp", "1", "4")
+    assert {"git_commit", "dvc_md5.data", "dvc_md5.splits", "resolved_device", "resolved_precision"} <= p.keys()
+    assert {"loss", "lr", "flow_bpd", "confident_ratio", "val_miou", "val_miou_student"} <= run.data.metrics.keys()
+    assert any(k.startswith("final_iou_teacher/") for k in run.data.metrics)
+    assert (run.data.tags["split"], run.data.tags["method"], run.data.tags["profile"]) == ("8", "ddfp", "smoke")
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["ddfp_kind"] == "parent"
+    artifacts = {a.path for d in ("", "figures", "overlays") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"config.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
+    found = pd.concat([client_frame(mlflow_server.url)])
+    assert summary["run_id"] in set(found["run_id"])
+
+
+def client_frame(uri: str) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["synthetic"], filter_string="params.split = '8'")
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_a_killed_and_resumed_training_keeps_one_run(mlflow_server, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("ddfp")), "train", "--profile", "smoke",
+           "--set", "model.pretrained=false", "--set", "data.crop_size=32", "--set", "train.ckpt_every=2",
+           "--set", "train.max_iters=14", "--set", "train.seed=11", "--data", str(tiny_data / "dataset"),
+           "--split-dir", str(tiny_data / "splits" / "8"), "--out", str(out)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url}
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed" in done.stdout + done.stderr
+    client, runs = runs_named(mlflow_server.url, "synthetic-8-ddfp-seed11")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert steps and max(steps) == 14
+
+
+@pytest.mark.slow
+def test_training_finishes_with_one_warning_when_the_server_is_down(tiny_data, tmp_path, capsys):
+    cfg = tiny_cfg(**{"train.max_iters": 4, "tracking.uri": f"http://127.0.0.1:{free_port()}"})
+    summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
+    assert summary["iterations"] == 4 and summary["run_id"] is None
+    err = capsys.readouterr()
+    assert (err.out + err.err).count("MLflow tracking at http://127.0.0.1") == 1
+    assert (tmp_path / "run" / "train_log.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_password_in_the_config_never_reaches_the_store_or_reports(tiny_data, tmp_path, tracking_to):
+    secret = "hunter2-not-for-logs"
+    store = tmp_path / "store"
+    store.mkdir()
+    tracking_to(f"sqlite:///{store / 'mlflow.db'}")
+    cfg = tiny_cfg(**{"train.max_iters": 4, "download.mirror": f"https://alice:{secret}@mirror.example.org/voc"})
+    fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
+    run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
+                 tmp_path / "metrics" / "8.json")
+    write_report(config.replace(cfg, {"data.splits": ["8"]}), tmp_path / "metrics", tmp_path / "reports" / "r.md")
+    client, runs = runs_named(f"sqlite:///{store / 'mlflow.db'}", "synthetic-8-ddfp-seed2")
+    assert runs[0].data.params["download.mirror"] == "https://alice:***@mirror.example.org/voc"
+    files = [f for d in (store, tmp_path / "reports", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
+    assert len(files) > 4
+    leaks = [f for f in files if secret.encode() in f.read_bytes()]
+    assert not leaks
+
+
+def test_report_table_has_mean_and_std_over_seeds_and_the_paper_on_pascal():
+    cfg = config.load(profile="pascal")
+    frame = pd.DataFrame({"split": ["92", "92", "92", "183"], "method": ["ddfp", "ddfp", "supervised", "ddfp"],
+                          "seed": [1, 2, 1, 1], "val_miou": [70.0, 72.0, 50.0, 76.0]})
+    summary = summarise(frame, cfg)
+    row = summary[(summary.split == "92") & (summary.method == "ddfp")].iloc[0]
+    assert (row["mean"], round(row["std"], 4), row["seeds"]) == (71.0, 1.4142, 2)
+    table = markdown_table(summary, cfg)
+    assert "71.00 ± 1.41 (2)" in table and "75.0" in table and "DDFP (paper)" in table
+    assert table.index("92") < table.index("183")
+
+
+def chromium():
+    """Debian's headless Chromium through Debian's chromedriver (never a downloaded browser)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (installed by .ci/run)")
+    opts = Options()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+
+
+def wait_for_text(driver, needles, timeout_s=60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = driver.find_element("tag name", "body").text
+        if all(n in body for n in needles) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.mlflow_server
+def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_to, tiny_data, tmp_path):
+    tracking_to(mlflow_server.url)
+    cfg = tiny_cfg(**{"train.max_iters": 6, "train.seed": 21})
+    run_ids, mious = [], []
+    for split in ("8", "16"):
+        split_dir = tiny_data / "splits" / split
+        out = tmp_path / split
+        from pipeline.trainer import RunPaths
+
+        run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False)["run_id"])
+        mious.append(run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", split_dir, out / "m.json")["val_miou"])
+    exp_id = MlflowClient(mlflow_server.url).get_run(run_ids[0]).info.experiment_id
+    driver = chromium()
+    try:
+        # The runs page nests the split runs under their parent run: check that grouping first.
+        driver.get(f"{mlflow_server.url}/#/experiments/{exp_id}/runs")
+        parent = MlflowClient(mlflow_server.url).get_run(run_ids[0]).data.tags["mlflow.parentRunId"]
+        parent_name = MlflowClient(mlflow_server.url).get_run(parent).info.run_name
+        assert parent_name in wait_for_text(driver, [parent_name])
+        names = ["synthetic-8-ddfp-seed21", "synthetic-16-ddfp-seed21"]
+        ids = ",".join(f'"{r}"' for r in run_ids)
+        driver.get(f"{mlflow_server.url}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp_id}\"]")
+        body = wait_for_text(driver, ["Comparing 2 Runs", "val_miou", *names])
+        assert "Comparing 2 Runs" in body and all(n in body for n in names), body[:2000]
+        # Metrics table scrolled to its end, where val_miou* sort. The table is virtualised (rows
+        # outside its viewport are not in the page text), hence the scroll.
+        driver.find_element("css selector", "button[aria-label='Close']").click()  # the assistant panel
+        driver.execute_script("arguments[0].scrollIntoView()",
+                              driver.find_element("css selector", "button[aria-label='Metrics - Show diff only']"))
+        for _ in range(20):  # names and values are two grids scrolled in sync: bring both to the end
+            grids = driver.execute_script(
+                "const gs = [...document.querySelectorAll('.ReactVirtualized__Grid')].slice(-2);"
+                "gs.forEach(g => { g.scrollTop = g.scrollHeight; }); return gs.map(g => g.innerText);")
+            names, values = grids
+            if "val_miou" in names.split("\n"):
+                break
+            time.sleep(0.5)
+        assert "val_miou" in names.split("\n"), names[-500:]
+        assert all(f"{m:.4g}" in values.split("\n") for m in mious), (mious, values[-500:])
+        # One picture with the run names, the params and the val_miou rows: a tall window.
+        driver.set_window_size(1400, 1900)
+        section = driver.find_element("xpath", "//*[normalize-space(text())='Run details']")
+        driver.execute_script("arguments[0].scrollIntoView()", section)
+        time.sleep(1)
+        shot = Path(os.environ.get("DDFP_SCREENSHOT", tmp_path / "mlflow_compare.png"))
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
