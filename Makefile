@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
-.PHONY: setup demo test test-fast bench profile clean
+.PHONY: setup demo test test-fast bench ablation profile clean
 
 # Re-run the install only when the dependency pins change.
 $(STAMP): pyproject.toml
@@ -30,6 +30,11 @@ test-fast: setup
 
 bench: setup
 	$(VENV)/bin/ddfp bench step --json
+
+# supervised vs mean teacher vs DDFP, every split of params.yaml, 3 seeds -> reports/ablation.*
+ablation: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro download splits weights
+	$(VENV)/bin/ddfp ablation
 
 clean:
 	rm -rf data runs metrics reports/results.md

@@ -122,6 +122,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(load_config(args), args.metrics, args.out))
 
 
+def cmd_ablation(args: argparse.Namespace) -> None:
+    from pipeline.ablation import run_ablation
+
+    cfg = load_config(args)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    weights = _weights(cfg, args.weights or Path("data/weights") / f"{cfg.model.backbone}.pth")
+    results = run_ablation(cfg, args.data, args.splits_dir, weights, args.work, args.out, seeds, methods)
+    print(json.dumps(results, indent=2))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from pipeline.bench import run_bench
 
@@ -195,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="default: data/weights/<backbone>.pth; made if missing")
     p.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="trial directories <runs>/<study>/trial_<n>")
     p.add_argument("--reports", type=Path, default=Path("reports/sweep"), help="outputs in <reports>/<study>/")
+    p = add("ablation", cmd_ablation, "supervised vs mean teacher vs DDFP on every split, several seeds")
+    p.add_argument("--data", type=Path, default=Path("data/dataset"))
+    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"))
+    p.add_argument("--weights", type=Path, help="backbone weights file (default: data/weights/<backbone>.pth)")
+    p.add_argument("--work", type=Path, default=Path("runs/ablation"), help="one run directory per method/split/seed")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="ablation.json, .md and .png go here")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of train.seed values")
+    p.add_argument("--methods", default="supervised,mean_teacher,ddfp")
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step"], help="step: median step time per method")
     p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")

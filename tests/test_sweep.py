@@ -23,6 +23,7 @@ from pipeline.splits import run_splits
 from pipeline.weights import run_weights
 from pipeline.sweep import SweepPaths, budget, open_storage, trial_config
 from pipeline.sweep_launch import run_sweep
+from test_slurm import cluster  # noqa: F401 - the one-node SLURM cluster fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
@@ -245,8 +246,7 @@ def test_no_trace_of_the_storage_password(data, tmp_path, postgres):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_job_array_of_two_workers(data, tmp_path, monkeypatch, request):
-    request.getfixturevalue("cluster")  # tests/test_slurm.py's one-node cluster (skips without it)
+def test_job_array_of_two_workers(cluster, data, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg = config.load(None, "smoke", {

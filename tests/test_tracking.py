@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, free_port
-from test_trainer import paths, tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
+from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
+from test_trainer import tiny_cfg as untracked_cfg
 
 from ddfp import config
 from pipeline.evaluation_stage import run_evaluate
@@ -21,6 +22,10 @@ from pipeline.tracking import dvc_hashes, group_hash
 from pipeline.trainer import fit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_cfg(**overrides):
+    return untracked_cfg(**{"tracking.enabled": True, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_cfg(**overrides):
-    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2}
+    # No MLflow here: tracking has its own tests (test_tracking.py), and each tracked run costs seconds.
+    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2,
+            "tracking.enabled": False}
     return config.replace(config.load(profile="smoke"), {**base, **overrides})
 
 
