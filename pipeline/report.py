@@ -107,7 +107,7 @@ def markdown_table(summary: pd.DataFrame, cfg: Config) -> str:
     methods = [m for m in METHOD_ORDER if m in wide.columns] + [m for m in wide.columns if m not in METHOD_ORDER]
     wide = wide[methods]
     for name, values in PAPER.get(cfg.data.dataset, {}).items():
-        wide[name] = [f"{values[s]:g}" if s in values else "" for s in wide.index]
+        wide[name] = [f"{values[s]:.2f}" if s in values else "" for s in wide.index]
     wide = wide.loc[sorted(wide.index, key=lambda s: labels_of(s, cfg.data.splits))]
     wide.index.name = "labels"
     # Cells are preformatted strings: keep tabulate from re-parsing them as numbers.
