@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ddfp.config import Config
 from pipeline import figures
 from pipeline.secrets import redact
-from pipeline.tracking import GROUP_TAG, KIND_TAG, experiment_name, tracking_uri
+from pipeline.tracking import GROUP_TAG, KIND_TAG, experiment_name, project_dir, tracking_uri
 
 # ../shared/ddfp_method.md section 2: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as
 # quoted by SemiOVS (the 732/1464 entries match the authors' logs); supervised: U2PL's baselines.
@@ -78,7 +78,9 @@ def collect(cfg: Config, metrics_dir: Path) -> tuple[pd.DataFrame, str]:
         try:
             frame = from_mlflow(cfg)
             if not frame.empty:
-                return frame, f"MLflow ({redact(tracking_uri(cfg))})"
+                # The project's own store by its relative name: the report reads the same on any machine.
+                uri = redact(tracking_uri(cfg)).replace(f"sqlite:///{project_dir()}/", "sqlite:///")
+                return frame, f"MLflow ({uri})"
         except Exception as err:  # noqa: BLE001 - the JSON outputs are the documented fallback
             tqdm.write(f"warning: MLflow unavailable for the report ({redact(str(err)).splitlines()[0][:200]}); "
                        f"using {metrics_dir}/*.json")
