@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ddfp.config import Config
 from pipeline import figures
 from pipeline.secrets import redact
-from pipeline.tracking import GROUP_TAG, KIND_TAG, experiment_name, project_dir, tracking_uri
+from pipeline.tracking import KIND_TAG, experiment_name, project_dir, tracking_uri
 
 # ../shared/ddfp_method.md section 2: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as
 # quoted by SemiOVS (the 732/1464 entries match the authors' logs); supervised: U2PL's baselines.
@@ -48,7 +48,7 @@ def from_mlflow(cfg: Config) -> pd.DataFrame:
     runs = runs.drop_duplicates(["tags.split", "tags.method", "tags.seed"], keep="last")
     frame = pd.DataFrame({
         "split": runs["tags.split"], "method": runs["tags.method"], "seed": runs["tags.seed"].astype(int),
-        "val_miou": runs["metrics.val_miou"], "run_id": runs["run_id"], "group": runs.get(f"tags.{GROUP_TAG}"),
+        "val_miou": runs["metrics.val_miou"], "run_id": runs["run_id"],
         "model": runs.get("tags.reported_model", "teacher"),
     })
     for col in runs.columns:  # per-class IoU of the reported model

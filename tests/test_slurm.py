@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_service
 import yaml
 
 from ddfp import config
@@ -38,9 +39,7 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="session")
 def cluster():
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    require_service(_missing())
     t0 = time.time()
     res = subprocess.run(["bash", str(ROOT / "slurm" / "start_cluster.sh")], capture_output=True, text=True)
     assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stdout}\n{res.stderr}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import require_service
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, free_port
 from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
@@ -91,7 +92,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     assert parent.data.tags["ddfp_kind"] == "parent"
     artifacts = {a.path for d in ("", "figures", "overlays") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"config.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
-    found = pd.concat([client_frame(mlflow_server.url)])
+    found = client_frame(mlflow_server.url)
     assert summary["run_id"] in set(found["run_id"])
 
 
@@ -174,7 +175,7 @@ def chromium():
     from selenium.webdriver.chrome.service import Service
 
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (installed by .ci/run)")
+        require_service("needs Debian's chromium and chromium-driver (installed by .ci/run)")
     opts = Options()
     opts.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
