@@ -109,7 +109,7 @@ def flow_step(flow: DensityEstimator, feats: Tensor, batch: Batch, cfg: Config) 
     return fit.nll, fit.bits_per_dim
 
 
-def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config) -> StepOutput:
+def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
     b = batch.img_x.shape[0]
     labels_u, conf, t_feats = teacher_predict(models.teacher, batch, cfg)
     (img_s, labels_u), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_u)
@@ -120,7 +120,8 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config) -> StepOu
         confident = downsample_labels(labels_u, v.shape[-2:]) != IGNORE_INDEX
         pert = density_descending_delta(student, models.flow, v[b:], confident, cfg.perturb.eps, cfg.perturb.mask)
         logits, feats = student.classify(torch.cat([v, v[b:] + pert.delta]), n_main=2 * b)
-        logs.update(_perturbation_logs(models.flow, pert, feats[2 * b :], confident, cfg))
+        if diagnostics:
+            logs.update(_perturbation_logs(models.flow, pert, feats[2 * b :], confident, cfg))
     else:
         logits, feats = student.classify(v, n_main=_n_main(phase, cfg, b))
     logits = upsample(logits, batch.img_x.shape[-2:])
@@ -158,11 +159,15 @@ def _perturbation_logs(
     return {"nll_before": pert.nll_before.detach(), "nll_after": after, "delta_norm": delta_norm}
 
 
-def train_step(models: Models, batch: Batch, phase: Phase, cfg: Config) -> StepOutput:
-    """Losses and diagnostics of one iteration (the student must be in train mode)."""
+def train_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
+    """Losses and diagnostics of one iteration (the student must be in train mode).
+
+    diagnostics=False skips the perturbation diagnostics (an extra flow pass over the perturbed
+    features): the trainer asks for them only on the iterations it logs.
+    """
     if not phase.semi:
         return supervised_step(models.student, batch, phase, cfg)
-    return semi_step(models, batch, phase, cfg)
+    return semi_step(models, batch, phase, cfg, diagnostics)
 
 
 __all__ = ["Batch", "Models", "Phase", "StepOutput", "train_step"]

@@ -193,13 +193,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def run_iteration(self, batch: Batch, phase: Phase) -> dict[str, torch.Tensor]:
+    def run_iteration(self, batch: Batch, phase: Phase, diagnostics: bool = True) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         for group in self.opt_seg.param_groups:
             group["lr"] = poly_lr(group["base_lr"], self.iteration, self.total_iters, t.poly_power)
         self.models.student.train()
         with self._autocast():
-            out = train_step(self.models, batch, phase, self.cfg)
+            out = train_step(self.models, batch, phase, self.cfg, diagnostics)
         self.opt_seg.zero_grad(set_to_none=True)
         self.scaler.scale(out.seg_loss).backward()
         checks = [out.seg_loss.detach().float()]
@@ -273,11 +273,13 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
         group["lr"] = flow_lr(cfg, tr.epoch)
     tr.loaders.set_epoch(tr.epoch, tr.iter_in_epoch)
     for bl, bu in zip(tr.loaders.labeled, tr.loaders.unlabeled):
-        logs = tr.run_iteration(tr._batch(bl, bu), phase)
+        # Diagnostics cost a flow pass: compute them only where they are logged.
+        logged = (tr.iteration + 1) % cfg.train.log_every == 0 or tr.iteration + 1 >= tr.max_iters
+        logs = tr.run_iteration(tr._batch(bl, bu), phase, diagnostics=logged)
         tr.iter_in_epoch += 1
         tr.iteration += 1
         bar.update(1)
-        if tr.iteration % cfg.train.log_every == 0 or _finished(tr):
+        if logged:
             tr.log(logs, bar)
         if _finished(tr):
             break

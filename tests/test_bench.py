@@ -9,7 +9,7 @@ def test_bench_step_reports_every_method_and_the_ratios():
     cfg = config.replace(config.load(profile="smoke"), {"data.crop_size": 32})
     out = run_bench(cfg, "step", "demo", repeats=1)
     demo = out["demo"]
-    for key in ("supervised_s", "mean_teacher_s", "ddfp_flow_only_s", "ddfp_s"):
+    for key in ("supervised_s", "mean_teacher_s", "ddfp_flow_only_s", "ddfp_s", "ddfp_logged_iteration_s"):
         assert demo[key] > 0
     assert out["ddfp_over_mean_teacher"] == round(demo["ddfp_s"] / demo["mean_teacher_s"], 3)
     assert set(demo["breakdown"]) == {"flow_fit_s", "perturbation_s", "extra_classifier_pass_s"}

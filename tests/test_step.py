@@ -29,6 +29,19 @@ def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
     assert float(out.logs["confident_ratio"]) > 0.5
 
 
+def test_skipping_diagnostics_leaves_the_losses_unchanged(smoke_cfg):
+    # The trainer skips them on unlogged iterations; that must not change what is trained.
+    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    runs = []
+    for diagnostics in (True, False):
+        torch.manual_seed(0)
+        runs.append(train_step(models, batch, DDFP, cfg, diagnostics=diagnostics))
+    with_diag, without = runs
+    assert torch.equal(with_diag.seg_loss, without.seg_loss)
+    assert "nll_after" in with_diag.logs and "nll_after" not in without.logs
+
+
 def test_no_confident_pixel_gives_no_nan(smoke_cfg):
     cfg = config.replace(smoke_cfg, {"train.conf_thresh": 1.0})  # nothing is strictly above 1
     models = make_models(cfg)
