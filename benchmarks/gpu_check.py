@@ -22,7 +22,8 @@ from ddfp import config
 from pipeline import distributed
 from pipeline.prepare import write_synthetic
 from pipeline.splits import run_splits
-from pipeline.trainer import RunPaths, amp_dtype, fit
+from pipeline.fit import fit
+from pipeline.trainer import RunPaths, amp_dtype
 
 
 def main() -> None:

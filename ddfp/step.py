@@ -121,7 +121,7 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnosti
         pert = density_descending_delta(student, models.flow, v[b:], confident, cfg.perturb.eps, cfg.perturb.mask)
         logits, feats = student.classify(torch.cat([v, v[b:] + pert.delta]), n_main=2 * b)
         if diagnostics:
-            logs.update(_perturbation_logs(models.flow, pert, feats[2 * b :], confident, cfg))
+            logs.update(_perturbation_logs(models.flow, pert, v[b:], feats[2 * b :], confident, cfg))
     else:
         logits, feats = student.classify(v, n_main=_n_main(phase, cfg, b))
     logits = upsample(logits, batch.img_x.shape[-2:])
@@ -143,9 +143,10 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnosti
 
 @torch.no_grad()
 def _perturbation_logs(
-    flow: DensityEstimator, pert, feats_pt: Tensor, confident: Tensor, cfg: Config
+    flow: DensityEstimator, pert, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: Config
 ) -> dict[str, Tensor]:
-    """NLL of confident features before/after the perturbation and the mean |delta| where it applies.
+    """NLL of confident features before/after the perturbation, the mean |delta| where it applies and
+    the mean per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
 
     The after-NLL reuses the perturbed branch's features on a num_samples subset: a diagnostic should
     not cost another full flow pass.
@@ -156,7 +157,8 @@ def _perturbation_logs(
     norms = pert.delta.float().norm(dim=1).reshape(-1)
     moved = flat if cfg.perturb.mask == "confident" else torch.ones_like(flat)
     delta_norm = (norms * moved).sum() / moved.sum().clamp_min(1)
-    return {"nll_before": pert.nll_before.detach(), "nll_after": after, "delta_norm": delta_norm}
+    v_norm = (v_u.float().norm(dim=1).reshape(-1) * flat).sum() / flat.sum().clamp_min(1)
+    return {"nll_before": pert.nll_before.detach(), "nll_after": after, "delta_norm": delta_norm, "v_norm": v_norm}
 
 
 def train_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:

@@ -23,12 +23,13 @@ from pipeline import figures
 from pipeline.evaluate import write_json_atomic
 from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import labels_of
-from pipeline.trainer import RunPaths, fit
+from pipeline.fit import fit
+from pipeline.trainer import RunPaths
 
 METHODS = ("supervised", "mean_teacher", "ddfp")
 # The goals at the smallest split (mean over seeds, mIoU points).
 GOALS = {"supervised": 10.0, "mean_teacher": 1.0}
-DIAGNOSTICS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "loss_unsup", "loss_perturb")
+DIAGNOSTICS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
 
 
 def run_one(cfg: Config, data_root: Path, split_dir: Path, weights: Path | None, run_dir: Path,

@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     """In this process (or as one rank of torchrun), or, with train.launcher: slurm, as a SLURM job
     this command waits for (so DVC caches what the job wrote)."""
     from pipeline import distributed
-    from pipeline.trainer import RunPaths, fit
+    from pipeline.fit import fit
+    from pipeline.trainer import RunPaths
 
     cfg = load_config(args)
     paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))

@@ -23,7 +23,7 @@ def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
     cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
     out = train_step(make_models(cfg), make_batch(cfg), DDFP, cfg)
     for key in ("loss_sup", "loss_unsup", "loss_perturb", "flow_bpd", "nll_before", "nll_after",
-                "delta_norm", "confident_ratio"):
+                "delta_norm", "v_norm", "confident_ratio"):
         assert torch.isfinite(out.logs[key]), key
     assert abs(float(out.logs["delta_norm"]) - cfg.perturb.eps) < 1e-3
     assert float(out.logs["confident_ratio"]) > 0.5

@@ -8,7 +8,9 @@ import torch
 from ddfp import config
 from pipeline.prepare import write_synthetic
 from pipeline.splits import run_splits
-from pipeline.trainer import RunPaths, fit, flow_lr, poly_lr
+from ddfp.schedule import flow_lr, poly_lr
+from pipeline.fit import fit
+from pipeline.trainer import RunPaths
 
 
 @pytest.fixture(scope="module")
