@@ -22,8 +22,7 @@ from ddfp import config
 from pipeline import distributed
 from pipeline.prepare import write_synthetic
 from pipeline.splits import run_splits
-from pipeline.fit import fit
-from pipeline.trainer import RunPaths, amp_dtype
+from pipeline.trainer import RunPaths, amp_dtype, fit
 
 
 def main() -> None:

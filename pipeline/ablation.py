@@ -23,8 +23,7 @@ from pipeline import figures
 from pipeline.evaluate import write_json_atomic
 from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import labels_of
-from pipeline.fit import fit
-from pipeline.trainer import RunPaths
+from pipeline.trainer import RunPaths, fit
 
 METHODS = ("supervised", "mean_teacher", "ddfp")
 # The goals at the smallest split (mean over seeds, mIoU points).

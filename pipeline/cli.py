@@ -70,8 +70,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """In this process (or as one rank of torchrun), or, with train.launcher: slurm, as a SLURM job
     this command waits for (so DVC caches what the job wrote)."""
     from pipeline import distributed
-    from pipeline.fit import fit
-    from pipeline.trainer import RunPaths
+    from pipeline.trainer import RunPaths, fit
 
     cfg = load_config(args)
     paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))

@@ -19,7 +19,7 @@ from pipeline import checkpoint, figures
 from pipeline.evaluate import evaluate_models, write_json_atomic
 from pipeline.loaders import val_loader
 from pipeline.tracking import MlflowTracker, Tracker, open_tracker
-from pipeline.trainer import select_device
+from pipeline.run_state import select_device
 
 
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:

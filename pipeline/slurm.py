@@ -42,7 +42,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         import torch
 
         from pipeline import distributed
-        from pipeline.fit import Interrupted, fit
+        from pipeline.trainer import Interrupted, fit
 
         cfg = from_mapping(cfg_tree)
         stop = threading.Event()

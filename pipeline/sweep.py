@@ -140,8 +140,7 @@ def final_miou(cfg: Config, summary: dict[str, Any]) -> float:
 
 def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id: str | None) -> float:
     """The objective: train on the sweep's schedule, report each evaluation, return the final mIoU."""
-    from pipeline.fit import fit
-    from pipeline.trainer import RunPaths
+    from pipeline.trainer import RunPaths, fit
 
     values = {key: suggest(trial, key, space) for key, space in cfg.sweep.params.items()}
     retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")

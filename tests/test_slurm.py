@@ -19,8 +19,7 @@ from ddfp import config
 from pipeline.prepare import write_synthetic
 from pipeline.slurm import SlurmJobError, outcome, submit_training, wait
 from pipeline.splits import run_splits
-from pipeline.fit import fit
-from pipeline.trainer import RunPaths
+from pipeline.trainer import RunPaths, fit
 from test_dvc_pipeline import project, ran_stages, run  # noqa: F401 (project is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

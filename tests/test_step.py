@@ -3,7 +3,7 @@ import torch
 from ddfp import config
 from ddfp.step import Phase, train_step
 from pipeline.tracking import NullTracker
-from pipeline.trainer import Trainer
+from pipeline.run_state import Trainer
 from tests.conftest import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)

@@ -122,9 +122,9 @@ def test_two_workers_sqlite_prune_and_continue(data, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(data, tmp_path, monkeypatch):
-    import pipeline.fit as fit_module
+    from pipeline import trainer
 
-    real_fit = fit_module.fit
+    real_fit = trainer.fit
 
     def fit(cfg, paths, *args, on_eval=None, **kwargs):
         def boom(epoch, miou):
@@ -134,7 +134,7 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(data, tmp_path, mo
 
         return real_fit(cfg, paths, *args, on_eval=boom, **kwargs)
 
-    monkeypatch.setattr(fit_module, "fit", fit)
+    monkeypatch.setattr(trainer, "fit", fit)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg = config.load(None, "smoke", {"sweep.storage": url, "sweep.study": "t",

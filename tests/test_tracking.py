@@ -20,7 +20,7 @@ from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
 from pipeline.tracking import dvc_hashes, group_hash
-from pipeline.fit import fit
+from pipeline.trainer import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 

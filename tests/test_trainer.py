@@ -9,8 +9,7 @@ from ddfp import config
 from pipeline.prepare import write_synthetic
 from pipeline.splits import run_splits
 from ddfp.schedule import flow_lr, poly_lr
-from pipeline.fit import fit
-from pipeline.trainer import RunPaths
+from pipeline.trainer import RunPaths, fit
 
 
 @pytest.fixture(scope="module")
