@@ -12,6 +12,7 @@ evidence goals, the perturbation diagnostics) and ablation.png (mIoU vs labels w
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,17 @@ def summary_frame(cfg: Config, results: dict[str, dict[str, list[float]]]) -> pd
 def goal_lines(cfg: Config, summary: pd.DataFrame) -> list[str]:
     """DDFP against each baseline at the smallest split, with the issue's goal."""
     smallest = min(cfg.data.splits, key=lambda s: labels_of(s, cfg.data.splits))
-    at = summary[summary.split == smallest].set_index("method")["mean"]
+    at = summary[summary.split == smallest].set_index("method")
     lines = []
     for base, goal in GOALS.items():
-        if "ddfp" in at and base in at:
-            gap = at["ddfp"] - at[base]
+        if "ddfp" in at.index and base in at.index:
+            d, b = at.loc["ddfp"], at.loc[base]
+            gap = d["mean"] - b["mean"]
+            # The standard error of a difference of two means: how much of the gap the seeds explain.
+            se = math.sqrt(d["std"] ** 2 / d["seeds"] + b["std"] ** 2 / b["seeds"])
             verdict = "met" if gap >= goal else "NOT met"
-            lines.append(f"- split {smallest}: DDFP - {base} = {gap:+.2f} mIoU (goal >= +{goal:g}: {verdict})")
+            lines.append(f"- split {smallest}: DDFP - {base} = {gap:+.2f} ± {se:.2f} (standard error) mIoU "
+                         f"(goal >= +{goal:g}: {verdict})")
     return lines
 
 
@@ -100,14 +105,14 @@ def write_outputs(cfg: Config, results: dict[str, dict[str, list[float]]], diagn
     cell = summary.assign(cell=[f"{r['mean']:.2f} ± {r['std']:.2f} ({r['seeds']})" for _, r in summary.iterrows()])
     table = cell.pivot(index="labels", columns="method", values="cell")
     table = table[[m for m in METHODS if m in table.columns]].reset_index()
-    diag = diagnostics.drop(columns="seed").groupby(["method", "split"]).mean(numeric_only=True)
+    diag = diagnostics.drop(columns="seed").groupby(["method", "split"]).mean(numeric_only=True).dropna(how="all")
     text = "\n".join([
         f"# Ablation: {cfg.data.dataset} ({cfg.profile} profile)", "",
         f"Validation mIoU (%), mean ± std over seeds (count); eps {cfg.perturb.eps}, threshold "
         f"{cfg.train.conf_thresh}, {cfg.train.epochs} epochs. Raw values: ablation.json.", "",
         table.to_markdown(index=False, disable_numparse=True), "", "Goals:", *goal_lines(cfg, summary), "",
         "Diagnostics (means over the last epoch's logged iterations, then over seeds):", "",
-        diag.reset_index().to_markdown(index=False, floatfmt=".3f") if not diag.empty else "(none logged)", "",
+        diag.reset_index().to_markdown(index=False, floatfmt=".3f", missingval="-") if not diag.empty else "(none logged)", "",
         "![mIoU vs labels](ablation.png)", "",
     ])
     tmp = out / ".ablation.md.tmp"

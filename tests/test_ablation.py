@@ -31,3 +31,22 @@ def test_unknown_method_is_refused(tmp_path):
     cfg = config.load(profile="smoke")
     with pytest.raises(ValueError, match="--methods: unknown"):
         run_ablation(cfg, tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp", "fixmatch"])
+
+
+def test_goal_lines_give_the_gap_its_standard_error():
+    import pandas as pd
+
+    from pipeline.ablation import goal_lines
+
+    cfg = config.replace(config.load(profile="smoke"), {"data.splits": ["8", "16"]})
+    summary = pd.DataFrame([
+        {"method": "supervised", "split": "8", "mean": 20.0, "std": 3.0, "seeds": 3},
+        {"method": "mean_teacher", "split": "8", "mean": 24.0, "std": 4.0, "seeds": 3},
+        {"method": "ddfp", "split": "8", "mean": 26.0, "std": 3.0, "seeds": 3},
+        {"method": "ddfp", "split": "16", "mean": 90.0, "std": 0.0, "seeds": 3},  # not the smallest split
+    ])
+    lines = goal_lines(cfg, summary)
+    assert lines == [
+        "- split 8: DDFP - supervised = +6.00 ± 2.45 (standard error) mIoU (goal >= +10: NOT met)",
+        "- split 8: DDFP - mean_teacher = +2.00 ± 2.89 (standard error) mIoU (goal >= +1: met)",
+    ]
