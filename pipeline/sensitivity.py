@@ -43,7 +43,7 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
         f"# DDFP sensitivity: split {split}, seed 0", "",
         "One setting changed at a time from the defaults (eps 4, threshold 0.95); `default` rows are the",
         "ablation's seed-0 runs. Diagnostics: means over the last epoch's logged iterations.", "",
-        frame.to_markdown(index=False, floatfmt=".3f"), "",
+        frame.to_markdown(index=False, floatfmt=".3f", missingval="-"), "",
     ])
     tmp = out / ".sensitivity.md.tmp"
     tmp.write_text(text)
