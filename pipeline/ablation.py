@@ -23,7 +23,7 @@ from ddfp.config import Config, replace
 from pipeline import figures
 from pipeline.evaluate import write_json_atomic
 from pipeline.evaluation_stage import run_evaluate
-from pipeline.report import labels_of
+from pipeline.report import labels_of, numeric_markdown
 from pipeline.trainer import RunPaths, fit
 
 METHODS = ("supervised", "mean_teacher", "ddfp")
@@ -112,7 +112,7 @@ def write_outputs(cfg: Config, results: dict[str, dict[str, list[float]]], diagn
         f"{cfg.train.conf_thresh}, {cfg.train.epochs} epochs. Raw values: ablation.json.", "",
         table.to_markdown(index=False, disable_numparse=True), "", "Goals:", *goal_lines(cfg, summary), "",
         "Diagnostics (means over the last epoch's logged iterations, then over seeds):", "",
-        diag.reset_index().to_markdown(index=False, floatfmt=".3f", missingval="-") if not diag.empty else "(none logged)", "",
+        numeric_markdown(diag.reset_index()) if not diag.empty else "(none logged)", "",
         "![mIoU vs labels](ablation.png)", "",
     ])
     tmp = out / ".ablation.md.tmp"

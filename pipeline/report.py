@@ -166,3 +166,9 @@ def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
     tmp.write_text(text)
     tmp.replace(out)
     return out
+
+
+def numeric_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A numeric table as markdown with '-' where a value is missing (tabulate only knows None)."""
+    cells = frame.astype(object).where(frame.notna(), None)
+    return cells.to_markdown(index=False, floatfmt=floatfmt, missingval="-")

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.evaluate import write_json_atomic
+from pipeline.report import numeric_markdown
 
 COLUMNS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
 
@@ -43,7 +44,7 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
         f"# DDFP sensitivity: split {split}, seed 0", "",
         "One setting changed at a time from the defaults (eps 4, threshold 0.95); `default` rows are the",
         "ablation's seed-0 runs. Diagnostics: means over the last epoch's logged iterations.", "",
-        frame.to_markdown(index=False, floatfmt=".3f", missingval="-"), "",
+        numeric_markdown(frame), "",
     ])
     tmp = out / ".sensitivity.md.tmp"
     tmp.write_text(text)

@@ -21,7 +21,7 @@ def test_sensitivity_puts_each_setting_beside_the_default(tmp_path):
         ("default", "ddfp", 25.0), ("default", "supervised", 24.0), ("eps-1", "ddfp", 26.12)]
     write(frame, "16", tmp_path / "out")
     text = (tmp_path / "out" / "sensitivity.md").read_text()
-    assert "eps-1" in text and "300.000" in text
+    assert "eps-1" in text and "300.000" in text and "nan" not in text  # missing diagnostics: "-"
     assert len(json.loads((tmp_path / "out" / "sensitivity.json").read_text())) == 3
 
 
