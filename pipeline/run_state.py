@@ -84,6 +84,18 @@ def fingerprint(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in cfg.flat().items() if not k.startswith(RESUME_INDEPENDENT)}
 
 
+@torch.no_grad()
+def _snapshot(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+    # One fused copy per dtype group on GPU, and no host sync: this runs every iteration.
+    return torch._foreach_mul(buffers, 1) if buffers else []
+
+
+@torch.no_grad()
+def _restore(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    if buffers:
+        torch._foreach_copy_(buffers, saved)
+
+
 class Trainer:
     """State of one training run; `fit` drives it."""
 
@@ -187,11 +199,16 @@ class Trainer:
         for group in self.opt_seg.param_groups:
             group["lr"] = poly_lr(group["base_lr"], self.iteration, self.total_iters, t.poly_power)
         self.models.student.train()
+        buffers = self._forward_buffers()
+        saved = _snapshot(buffers)
         with self._autocast():
             out = train_step(self.models, batch, phase, self.cfg, diagnostics)
         self.opt_seg.zero_grad(set_to_none=True)
         self.scaler.scale(out.seg_loss).backward()
-        checks = [out.seg_loss.detach().float()]
+        # A non-finite BN statistic is as poisonous as a non-finite loss (the EMA would carry it into
+        # the teacher), so its norm joins the loss in the one finite check below.
+        stats = torch.nn.utils.get_total_norm([b for b in buffers if b.is_floating_point()])
+        checks = [out.seg_loss.detach().float(), stats.float()]
         if out.flow_loss is not None:
             self.opt_flow.zero_grad(set_to_none=True)
             out.flow_loss.backward()
@@ -205,10 +222,10 @@ class Trainer:
         loss = checks[0]
         if out.flow_loss is not None:
             gnorm = torch.nn.utils.clip_grad_norm_(self.models.flow.parameters(), self.cfg.flow.grad_clip)
-            checks[1] = checks[1] + gnorm
+            checks[2] = checks[2] + gnorm
         # The one host sync of an iteration: skip any update whose loss (or flow gradient) is not finite.
         finite = torch.isfinite(torch.stack(checks)).tolist()
-        if finite[0]:
+        if finite[0] and finite[1]:
             self.scaler.step(self.opt_seg)
             self.scaler.update()
             if phase.semi:
@@ -216,13 +233,22 @@ class Trainer:
                 decay = ema_decay(self.iteration, t0, self.cfg.teacher.ema_decay)
                 update_teacher(self.models.teacher, self.models.student, decay, self.cfg.teacher.mode)
         else:
+            _restore(buffers, saved)  # the skipped batch leaves no trace in any BN statistic
             self.skipped["seg"] += 1
         if out.flow_loss is not None:
-            if finite[1]:
+            if finite[2]:
                 self.opt_flow.step()
             else:
                 self.skipped["flow"] += 1
         return {"loss": loss, **out.logs}
+
+    def _forward_buffers(self) -> list[torch.Tensor]:
+        """The buffers a training forward writes: the student's BN statistics and counters, and the
+        teacher's when it pseudo-labels in train mode."""
+        models = [self.models.student]
+        if self.cfg.teacher.pseudo_label_mode == "train":
+            models.append(self.models.teacher)
+        return [b for m in models for b in m.buffers()]
 
     # ---- logging and evaluation --------------------------------------------------------------
     def log(self, logs: dict[str, torch.Tensor], bar: tqdm) -> None:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ddfp import config
@@ -67,3 +68,35 @@ def test_non_finite_loss_skips_the_update(smoke_cfg):
         assert torch.equal(v, before[k]), k
     for k, v in tr.models.flow.state_dict().items():
         assert torch.isfinite(v).all() and (tr.skipped["flow"] == 0 or torch.equal(v, flow_before[k]))
+
+
+def _states(tr: Trainer) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: v.clone() for k, v in getattr(tr.models, name).state_dict().items()}
+            for name in ("student", "teacher")}
+
+
+@pytest.mark.parametrize("pseudo_label_mode", ["eval", "train"])
+def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cfg, pseudo_label_mode):
+    # The train-mode forward writes the batch's BN statistics before the loss is known to be NaN
+    # (and a train-mode teacher writes its own): a skip must put every buffer back, or the next clean
+    # step's EMA copies NaN statistics into the reported teacher.
+    cfg = config.replace(smoke_cfg, {"train.max_iters": 10, "teacher.pseudo_label_mode": pseudo_label_mode})
+    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    tr.run_iteration(make_batch(cfg, seed=1), DDFP)  # a clean step first: the teacher is an EMA now
+    before = _states(tr)
+    poisoned = make_batch(cfg, seed=2)
+    poisoned.img_x[0, 0, 0, 0] = float("nan")
+    poisoned.img_u_w[0, 0, 0, 0] = float("nan")
+    tr.run_iteration(poisoned, DDFP)
+    assert tr.skipped["seg"] == 1
+    after = _states(tr)
+    for name in before:
+        for k, v in before[name].items():
+            assert torch.equal(after[name][k], v), f"{name}.{k} changed by a skipped update"
+    tr.run_iteration(make_batch(cfg, seed=3), DDFP)  # the next clean step updates the teacher
+    for k, v in tr.models.teacher.state_dict().items():
+        assert not v.is_floating_point() or torch.isfinite(v).all(), k
+    tr.models.teacher.eval()
+    with torch.no_grad():
+        logits = tr.models.teacher(make_batch(cfg, seed=4).img_x).logits
+    assert torch.isfinite(logits).all()
