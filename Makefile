@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
-.PHONY: setup demo test test-fast bench ablation profile clean
+.PHONY: setup services demo test test-fast bench ablation profile clean
 
 # Re-run the install only when the dependency pins change.
 $(STAMP): pyproject.toml
@@ -22,7 +22,12 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc metrics show
 
-test: setup
+# The Debian packages of the SLURM, browser and PostgreSQL tests, installed when this runs as root
+# (or with password-less sudo); otherwise the test run ends by naming the tests it had to skip.
+services:
+	@sh tools/install_services.sh
+
+test: setup services
 	$(VENV)/bin/pytest
 
 test-fast: setup

@@ -14,14 +14,36 @@ from ddfp.step import Batch, Models
 from ddfp.teacher import make_teacher
 
 
+# Why service tests were skipped on this machine; every test skipped for one of these reasons
+# (also those skipped through an already-failed session fixture) is named again at the very end.
+SERVICE_REASONS: set[str] = set()
+SKIPPED_SERVICES: dict[str, str] = {}
+
+
 def require_service(missing: str | None) -> None:
     """Skip a service test whose system packages are absent, on a developer's machine only. In CI
-    (`.ci/run` sets CI=1 after installing them) a missing package is a failure: no silent skip."""
+    (`.ci/run` sets CI=1; `make test` installs the packages as root) a missing package is a failure."""
     if missing is None:
         return
     if os.environ.get("CI"):
         pytest.fail(f"CI must provide this: {missing}")
+    SERVICE_REASONS.add(missing)
     pytest.skip(missing)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].removeprefix("Skipped: ") in SERVICE_REASONS:
+        SKIPPED_SERVICES[report.nodeid] = report.longrepr[2].removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """End a run that could not test everything by saying so, with the one command that does."""
+    if not SKIPPED_SERVICES:
+        return
+    terminalreporter.section("service tests NOT run on this machine", sep="!", red=True)
+    for test, missing in SKIPPED_SERVICES.items():
+        terminalreporter.write_line(f"{test}: {missing}")
+    terminalreporter.write_line("run everything (installs the Debian packages, needs root): sudo make test")
 
 
 @pytest.fixture(scope="session", autouse=True)

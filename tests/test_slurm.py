@@ -33,7 +33,7 @@ def _missing() -> str | None:
         return "the one-node SLURM cluster needs root (it starts munge, MariaDB and the SLURM daemons)"
     absent = [d for d in DAEMONS if not shutil.which(d) and not Path(f"/usr/sbin/{d}").exists()]
     if absent:
-        return f"missing {', '.join(absent)}: apt-get install slurm-wlm munge slurmdbd mariadb-server (.ci/run does)"
+        return f"missing {', '.join(absent)}: apt-get install slurm-wlm munge slurmdbd mariadb-server (`make test` does, as root)"
     return None
 
 

@@ -190,7 +190,7 @@ def postgres():
     """Debian's PostgreSQL cluster, started if down (and stopped at the end only then), with a
     password-protected role and a database of its own."""
     if os.geteuid() != 0 or not shutil.which("pg_ctlcluster"):
-        require_service("needs root and Debian's postgresql (apt-get install postgresql; .ci/run)")
+        require_service("needs root and Debian's postgresql (`make test` installs it, as root)")
     line = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
     version, name, port, status = line.split()[:4]
     started = status != "online"

@@ -175,7 +175,7 @@ def chromium():
     from selenium.webdriver.chrome.service import Service
 
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        require_service("needs Debian's chromium and chromium-driver (installed by .ci/run)")
+        require_service("needs Debian's chromium and chromium-driver (`make test` installs them, as root)")
     opts = Options()
     opts.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
