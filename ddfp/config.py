@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # strict: YAML "4" is not the number 4; extra=forbid: a typo is an error, not a silent default.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: an infinite or NaN eps, LR or weight would only show up as NaN losses.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class FileSource(_Section):

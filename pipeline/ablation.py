@@ -21,8 +21,8 @@ import pandas as pd
 
 from ddfp.config import Config, replace
 from pipeline import figures
-from pipeline.evaluate import write_json_atomic
 from pipeline.evaluation_stage import run_evaluate
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.report import labels_of, numeric_markdown
 from pipeline.trainer import RunPaths, fit
 
@@ -115,6 +115,4 @@ def write_outputs(cfg: Config, results: dict[str, dict[str, list[float]]], diagn
         numeric_markdown(diag.reset_index()) if not diag.empty else "(none logged)", "",
         "![mIoU vs labels](ablation.png)", "",
     ])
-    tmp = out / ".ablation.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "ablation.md")
+    write_text_atomic(out / "ablation.md", text)

@@ -1,11 +1,15 @@
 """The `ddfp` console script: one subcommand per pipeline stage.
 
 Paths go on the command line, values in params.yaml (or a named --profile), overrides with --set.
+An expected failure prints one line and exits with its documented code (`ddfp --help`); anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.metadata
 import json
 import os
 import sys
@@ -14,8 +18,18 @@ from typing import Callable
 
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError
-from pipeline.fetch import DownloadError
-from pipeline.slurm import SlurmJobError
+from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DdfpError
+from pipeline.inputs import INPUTS_RULE
+from pipeline.secrets import redact
+
+INTERRUPTED = "interrupted; state saved, rerun to resume"
+# Errors of the standard library and the method library (which cannot raise pipeline's classes) that
+# are expected failures with a message naming what is wrong, checked in this order.
+HANDLED: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    ((FileNotFoundError, FileExistsError), EXIT_DATA),
+    (ValueError, EXIT_USAGE),  # bad arguments named in the message (--methods, --settings, ...)
+)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -31,12 +45,12 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def cmd_profile(args: argparse.Namespace) -> None:
     """Rewrite params.yaml as the full config of a named profile (the whole pipeline follows)."""
+    from pipeline.files import write_text_atomic
+
     cfg = config_mod.load(None, args.name)
     header = (f"# Active configuration: profile '{args.name}' (profiles/{args.name}.yaml).\n"
               "# Switch with `ddfp profile <demo|smoke|pascal|cityscapes>`; edit values freely.\n")
-    tmp = args.params.with_name(f".{args.params.name}.tmp")
-    tmp.write_text(header + config_mod.dump_yaml(cfg))
-    tmp.replace(args.params)
+    write_text_atomic(args.params, header + config_mod.dump_yaml(cfg))
     print(f"{args.params}: now profile {args.name}")
 
 
@@ -124,12 +138,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_ablation(args: argparse.Namespace) -> None:
     from pipeline.ablation import run_ablation
+    from pipeline.inputs import resolve_inputs
 
     cfg = load_config(args)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    weights = _weights(cfg, args.weights or Path("data/weights") / f"{cfg.model.backbone}.pth")
-    results = run_ablation(cfg, args.data, args.splits_dir, weights, args.work, args.out, seeds, methods)
+    inputs = resolve_inputs(cfg, cfg.data.splits, data=args.data, splits_dir=args.splits_dir, weights=args.weights)
+    results = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, methods)
     print(json.dumps(results, indent=2))
 
 
@@ -142,25 +157,39 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
-    from pipeline.sweep import SweepError, SweepPaths
-    from pipeline.sweep_launch import ensure_inputs, run_sweep, sweep_split
+    from pipeline.inputs import resolve_inputs
+    from pipeline.sweep import SweepPaths
+    from pipeline.sweep_launch import run_sweep, sweep_split
 
     flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
     cfg = config_mod.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
     split = sweep_split(cfg)
-    split_dir = args.split_dir or args.splits_dir / split
-    weights = ensure_inputs(cfg, args.data, split_dir, args.weights or Path(f"data/weights/{cfg.model.backbone}.pth"))
-    paths = SweepPaths(args.data, split_dir, weights, args.runs / cfg.sweep.study, args.reports / cfg.sweep.study)
-    try:
-        summary = run_sweep(cfg, paths)
-    except SweepError as err:
-        print(f"ddfp sweep: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    inputs = resolve_inputs(cfg, [split], data=args.data, weights=args.weights,
+                            splits_dir=args.split_dir.parent if args.split_dir else args.splits_dir)
+    split_dir = args.split_dir or inputs.splits / split
+    paths = SweepPaths(inputs.data, split_dir, inputs.weights, args.runs / cfg.sweep.study,
+                       args.reports / cfg.sweep.study)
+    summary = run_sweep(cfg, paths)  # a SweepError (a JobError) exits 4 through main
     print(json.dumps({**summary, "reports": str(paths.reports)}, indent=2))
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ddfp")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _epilog() -> str:
+    codes = {0: "success", 1: "an unexpected error, i.e. a bug (the traceback is printed)", **EXIT_CODES}
+    lines = [f"  {code:<4} {meaning}" for code, meaning in codes.items()]
+    return "exit codes:\n" + "\n".join(lines) + "\n\nDDFP_DEBUG=1 prints the traceback of every handled error too."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddfp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ddfp", description=__doc__.splitlines()[0], epilog=_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
@@ -177,21 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("weights", cmd_weights, "fetch and verify the ImageNet backbone weights").add_argument(
         "--out", type=Path, required=True, help="directory for <backbone>.pth")
     p = add("train", cmd_train, "train one split (resumes from --out/last.pt)")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>")
+    p.add_argument("--data", type=Path, required=True, help="dataset root (from `ddfp download`)")
+    p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split> (from `ddfp splits`)")
     p.add_argument("--weights", type=Path, help="backbone weights file from `ddfp weights`")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, train log)")
     p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on the validation list")
-    p.add_argument("--ckpt", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--split-dir", type=Path, required=True)
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `ddfp train` (<run>/last.pt)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root (from `ddfp download`)")
+    p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>: its val.txt is evaluated")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON")
     p = add("report", cmd_report, "tabulate the metrics of every split")
     p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>.json")
-    p.add_argument("--out", type=Path, default=Path("reports/results.md"))
+    p.add_argument("--out", type=Path, default=Path("reports/results.md"), help="the Markdown table to write")
     p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
     p.add_argument("--splits", help="comma list (default: data.splits)")
-    p.add_argument("--data", type=Path, default=Path("data/dataset"))
+    p.add_argument("--data", type=Path, default=Path("data/dataset"), help="dataset root")
     p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
     p.add_argument("--weights-dir", type=Path, default=Path("data/weights"), help="holds <backbone>.pth")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run directories <runs>/<split>")
@@ -200,42 +229,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
     p.add_argument("--workers", type=int, help="parallel workers: processes, or SLURM array tasks (sweep.workers)")
     p.add_argument("--study", help="study name (sweep.study); storage: sweep.storage or $OPTUNA_STORAGE")
-    p.add_argument("--data", type=Path, default=Path("data/dataset"), help="made if missing (generated dataset)")
-    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
-    p.add_argument("--split-dir", type=Path, help="default: <splits-dir>/<sweep.split>; made if missing")
-    p.add_argument("--weights", type=Path, help="default: data/weights/<backbone>.pth; made if missing")
+    p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
+    p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
+    p.add_argument("--split-dir", type=Path, help="the split's own folder, only read (default: <splits-dir>/<sweep.split>)")
+    p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
     p.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="trial directories <runs>/<study>/trial_<n>")
     p.add_argument("--reports", type=Path, default=Path("reports/sweep"), help="outputs in <reports>/<study>/")
     p = add("ablation", cmd_ablation, "supervised vs mean teacher vs DDFP on every split, several seeds")
-    p.add_argument("--data", type=Path, default=Path("data/dataset"))
-    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"))
-    p.add_argument("--weights", type=Path, help="backbone weights file (default: data/weights/<backbone>.pth)")
+    p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
+    p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
+    p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
     p.add_argument("--work", type=Path, default=Path("runs/ablation"), help="one run directory per method/split/seed")
     p.add_argument("--out", type=Path, default=Path("reports"), help="ablation.json, .md and .png go here")
     p.add_argument("--seeds", default="0,1,2", help="comma list of train.seed values")
-    p.add_argument("--methods", default="supervised,mean_teacher,ddfp")
+    p.add_argument("--methods", default="supervised,mean_teacher,ddfp", help="comma list of train.method values")
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step"], help="step: median step time per method")
     p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per method (the median is reported)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p = sub.add_parser("profile", help="switch params.yaml to a named profile",
                        description="rewrite params.yaml as profiles/<name>.yaml resolved")
-    p.add_argument("name")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("name", help="a profile of profiles/: demo, smoke, pascal, cityscapes")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to rewrite (default: params.yaml)")
     p.set_defaults(fn=cmd_profile)
     return parser
+
+
+def _message(err: BaseException) -> str:
+    text = str(err)
+    # An error in a DataLoader worker arrives as its whole traceback; its last line is the message.
+    return text.rstrip().splitlines()[-1].partition(": ")[2] if "\nOriginal Traceback" in text else text
+
+
+def _unreadable_sample(err: BaseException) -> bool:
+    dataset = sys.modules.get("ddfp.data.dataset")  # imported only where data was read: keeps torch out
+    return dataset is not None and isinstance(err, dataset.SampleReadError)
+
+
+def failure(err: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit code of an expected failure; None for a bug (keep the traceback)."""
+    if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or the trainer's Interrupted once it has saved
+        return INTERRUPTED, EXIT_INTERRUPTED
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device: {err.filename or err}", EXIT_DATA
+    if isinstance(err, DdfpError):
+        return _message(err), err.exit_code
+    if _unreadable_sample(err):
+        return _message(err), EXIT_DATA
+    for kinds, code in HANDLED:
+        if isinstance(err, kinds):
+            return _message(err), code
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError, SlurmJobError) as err:
-        if os.environ.get("DDFP_DEBUG"):
+    except (Exception, KeyboardInterrupt) as err:
+        handled = None if os.environ.get("DDFP_DEBUG") else failure(err)
+        if handled is None:
             raise
-        print(f"ddfp {args.command}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        message, code = handled
+        kind = "" if code == EXIT_INTERRUPTED else "error: "
+        print(redact(f"ddfp {args.command}: {kind}{message}"), file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

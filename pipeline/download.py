@@ -21,6 +21,8 @@ from ddfp.config import Config, DownloadConfig, FileSource
 from ddfp.data.masks import voc_palette
 from ddfp.data.spec import IGNORE_INDEX, get_spec
 from pipeline.fetch import DownloadError, download, extract
+from pipeline.files import atomic_write, write_bytes_atomic
+from pipeline.secrets import expand_env, refuse_literal_secret
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ CITYSCAPES_HELP = (
 def run_download(cfg: Config, root: Path) -> None:
     """Fetch and arrange ``cfg.data.dataset`` under ``root``."""
     root = Path(root)
+    check_mirror(cfg.download)
     dataset = cfg.data.dataset
     if dataset == "synthetic" and not cfg.download.files:
         from pipeline.prepare import write_synthetic  # generated, nothing to fetch
@@ -67,10 +70,22 @@ def fetch_file(src: FileSource, dl: DownloadConfig, root: Path, session: request
     dest = (root / src.dest).resolve()
     if not dest.is_relative_to(root.resolve()):
         raise DownloadError(f"download.files: dest {src.dest!r} leaves the dataset root")
-    path = download(src.url, dest, src.sha256, src.md5, dl.mirror, dl.timeout_s, dl.retries, session=session)
+    path = download(src.url, dest, src.sha256, src.md5, resolved_mirror(dl), dl.timeout_s, dl.retries, session=session)
     if src.extract:
         _extract_once(path)
     return path
+
+
+def check_mirror(dl: DownloadConfig) -> None:
+    """Refuse a mirror URL holding a password or token: DVC copies the stage params into dvc.lock."""
+    refuse_literal_secret(dl.mirror, "download.mirror", "(DVC copies it into dvc.lock, which is committed; "
+                                                        "~/.netrc works too)")
+
+
+def resolved_mirror(dl: DownloadConfig) -> str:
+    """download.mirror for one request, ${VAR} expanded from the environment: use it, never store it."""
+    check_mirror(dl)
+    return expand_env(dl.mirror, "download.mirror")
 
 
 def _extract_once(archive: Path) -> None:
@@ -119,7 +134,7 @@ def _fill_aug_masks(root: Path, out: Path) -> None:
     for png in sorted((root / VOC / "SegmentationClass").glob("*.png")):
         target, data = out / png.name, png.read_bytes()
         if not target.exists() or target.read_bytes() != data:
-            _atomic_write(target, data)
+            write_bytes_atomic(target, data)
     sbd = root / SBD_CLS
     if not sbd.is_dir():
         log.warning("SBD (benchmark.tgz) not configured: SegmentationClassAug holds VOC's own masks only")
@@ -142,15 +157,8 @@ def _save_mask(mask: np.ndarray, path: Path, palette: list[int] | None = None) -
     image = Image.fromarray(mask)
     if palette is not None:
         image.putpalette(palette)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        image.save(fh, format="PNG")
 
 
 # --- Cityscapes ------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,9 +50,3 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, cfg: Confi
         out[name] = {**summarise(cm, names), "confusion": cm.tolist()}
     return out
 
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)

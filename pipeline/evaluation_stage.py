@@ -1,5 +1,6 @@
-"""`ddfp evaluate`: a finished checkpoint -> the metrics JSON that `dvc metrics show` lists, and the
-same numbers, a confusion-matrix figure and prediction overlays in the training run's MLflow run."""
+"""`ddfp evaluate`: a finished checkpoint -> the metrics JSON that `dvc metrics show` lists, the run
+record beside it that `ddfp report` reads, and the same numbers, a confusion-matrix figure and
+prediction overlays in the training run's MLflow run."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from ddfp.data.spec import get_spec
 from ddfp.inference import predict
 from ddfp.model import build_model
 from pipeline import checkpoint, figures
-from pipeline.evaluate import evaluate_models, write_json_atomic
+from pipeline.evaluate import evaluate_models
+from pipeline.files import write_json_atomic
 from pipeline.loaders import val_loader
-from pipeline.tracking import MlflowTracker, Tracker, open_tracker
+from pipeline.tracking import Tracker, open_tracker
 from pipeline.run_state import select_device
 
 
@@ -26,42 +28,71 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     """Evaluate student and teacher of `ckpt`; `val_miou` is the reported model's (eval.model).
 
     The metrics file holds scalars and the reported model's per-class IoU (what `dvc metrics show`
-    should list); the confusion matrices go to a sibling `<name>.confusion.json`.
+    should list); the sibling `<name>.run.json` says which run they are of (run id, its own trained
+    values, its curves: what `ddfp report` reads), and `<name>.confusion.json` holds the confusion
+    matrices.
 
     The architecture and training values come from the checkpoint (what was trained); only the
     evaluation protocol (eval.*) and tracking (tracking.*) come from the current configuration.
+    Tracking first sends what the training could not (an outage), creating its run if need be.
     """
     state = checkpoint.load(ckpt)
     if not state.get("done"):
         raise ValueError(f"{ckpt}: training has not finished (resume it with `ddfp train`)")
     current = cfg.to_dict()
     trained = from_mapping({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
-    spec = get_spec(trained.data.dataset)
     device = select_device(cfg.train.device)
-    models = {}
-    for name in ("student", "teacher"):
-        model = build_model(trained.model, spec.num_classes)
-        model.load_state_dict(state[name])
-        models[name] = model.to(device)
-    if trained.train.method == "supervised":
-        models.pop("teacher")  # never updated: it is the initial network
+    models = trained_models(state, trained, device)
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)
     reported = trained.eval.model if trained.eval.model in results else "student"
+    tracker = open_tracker(trained, run_dir=ckpt.parent)
+    tracker.attach(state.get("run_id"))
+    tracker.flush()
+    run_id = tracker.run_id or state.get("run_id")
     metrics = {
         "val_miou": results[reported]["miou"], "reported_model": reported, "method": trained.train.method,
         "split": split_dir.name, "dataset": trained.data.dataset, "seed": trained.train.seed,
-        "iterations": state["iteration"], "run_id": state.get("run_id"),
+        "iterations": state["iteration"], "run_id": run_id,
         **{f"val_miou_{k}": v["miou"] for k, v in results.items()},
         "per_class_iou": results[reported]["iou"],
     }
     write_json_atomic(metrics, out)
+    write_json_atomic(run_record(trained, state, split_dir.name, reported, run_id), out.with_suffix(".run.json"))
     write_json_atomic({k: v["confusion"] for k, v in results.items()}, out.with_suffix(".confusion.json"))
-    tracker = open_tracker(trained)
-    if state.get("run_id") and isinstance(tracker, MlflowTracker):
-        tracker.attach(state["run_id"])
+    if trained.tracking.enabled:
         log_evaluation(tracker, trained, metrics, results, ckpt, models[reported], loader, device)
+        tracker.flush()
     return metrics
+
+
+def trained_models(state: dict[str, Any], trained: Config, device: torch.device) -> dict[str, nn.Module]:
+    """Student and teacher of a checkpoint; no teacher for the supervised baseline (it never trains)."""
+    num_classes = get_spec(trained.data.dataset).num_classes
+    models = {}
+    for name in ("student", "teacher"):
+        model = build_model(trained.model, num_classes)
+        model.load_state_dict(state[name])
+        models[name] = model.to(device)
+    if trained.train.method == "supervised":
+        models.pop("teacher")
+    return models
+
+
+RUN_KEYS = ("data.dataset", "profile", "train.method", "train.seed", "model.backbone", "perturb.eps",
+            "train.conf_thresh")
+
+
+def run_record(trained: Config, state: dict[str, Any], split: str, reported: str, run_id: str | None) -> dict[str, Any]:
+    """Which run the metrics are of: its id, its own trained values, its loss and val mIoU curves."""
+    flat = trained.flat()
+    return {
+        "run_id": run_id, "split": split, "iterations": state["iteration"], "reported_model": reported,
+        "config": {k: flat[k] for k in RUN_KEYS},
+        "history": [{"iteration": row["iteration"], "loss": row["loss"]} for row in state["history"]],
+        "evals": [{k: v for k, v in row.items() if k in ("epoch", "iteration") or k.startswith("val_miou_")}
+                  for row in state["evals"]],
+    }
 
 
 def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], results: dict[str, Any], ckpt: Path,

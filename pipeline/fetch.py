@@ -1,7 +1,9 @@
 """Downloads that verify and resume, and archive extraction that cannot escape its target.
 
 A file reaches ``dest`` only after its checksum verifies: bytes stream into ``dest.part`` (which a later
-run resumes with an HTTP Range request) and a wrong checksum deletes that part. Archives are checked
+run resumes with an HTTP Range request) and a wrong checksum deletes that part. A file with no pinned
+checksum is resumed only while the server's validators match those its part started from
+(pipeline.part_record); otherwise it is fetched again from the start. Archives are checked
 member by member before anything is written, unpacked into a temporary folder beside the target and
 only then moved in, so a refused or broken archive leaves the target as it was.
 """
@@ -26,6 +28,10 @@ from urllib.request import url2pathname
 import requests
 from tqdm import tqdm
 
+from pipeline.errors import DataError
+from pipeline.part_record import discard, load_record, start_record, total_length
+from pipeline.secrets import redact
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -35,7 +41,7 @@ NET_CHUNK = 1 << 16
 RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError):
     """A file could not be fetched (the message names it)."""
 
 
@@ -81,15 +87,16 @@ def download(
     if urlsplit(source).scheme in ("http", "https"):
         # the caller's session stays open (it may carry a login); a session of our own is closed
         with nullcontext(session) if session else requests.Session() as http:
-            _http_fetch(source, part, timeout_s, retries, http, backoff_s)
+            _http_fetch(source, part, timeout_s, retries, http, backoff_s, pinned=bool(sha256 or md5))
     else:
         shutil.copyfile(_local_source(source, dest.name), part)
     try:
         _verify(part, str(dest), sha256, md5)
     except ChecksumError:
-        part.unlink()
+        discard(part)
         raise
     os.replace(part, dest)
+    discard(part)  # its record
     return dest
 
 
@@ -138,22 +145,17 @@ def _local_source(source: str, name: str) -> Path:
     return path
 
 
-def redact(url: str) -> str:
-    """The url without any user:password@ part, for messages."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def _http_fetch(
-    url: str, part: Path, timeout_s: float, retries: int, http: requests.Session, backoff_s: float
+    url: str, part: Path, timeout_s: float, retries: int, http: requests.Session, backoff_s: float, pinned: bool
 ) -> None:
     for attempt in range(retries + 1):
         try:
-            _http_attempt(url, part, timeout_s, http)
+            _http_attempt(url, part, timeout_s, http, pinned)
             return
         except RETRYABLE as err:
             if attempt == retries:
-                kept = f"; the next run resumes from the {part.stat().st_size} bytes in {part}" if part.exists() else ""
+                resumable = part.exists() and (pinned or load_record(part) is not None)
+                kept = f"; the next run resumes from the {part.stat().st_size} bytes in {part}" if resumable else ""
                 failed = f"{str(part).removesuffix('.part')}: {redact(url)} failed after {attempt + 1} attempt(s)"
                 raise DownloadError(f"{failed}: {err}{kept}") from err
             wait = backoff_s * 2**attempt
@@ -161,24 +163,50 @@ def _http_fetch(
             time.sleep(wait)
 
 
-def _http_attempt(url: str, part: Path, timeout_s: float, http: requests.Session) -> None:
+def _resume_offset(part: Path, pinned: bool) -> int:
+    """Where to resume the part: its size, or 0 (discarded) for an unpinned part with nothing recorded
+    to tell whether the server still has the same file."""
     offset = part.stat().st_size if part.exists() else 0
+    if offset and not pinned and load_record(part) is None:
+        log.info("%s: no validators recorded for this partial file; downloading from the start", part.name)
+        discard(part)
+        return 0
+    return offset
+
+
+def _http_attempt(url: str, part: Path, timeout_s: float, http: requests.Session, pinned: bool) -> None:
+    offset = _resume_offset(part, pinned)
+    record = load_record(part) if offset else None
     # identity: byte counts and Range offsets must refer to the file itself, not a gzip transfer encoding
-    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers.update({"Range": f"bytes={offset}-", **(record.if_range() if record else {})})
     with http.get(url, headers=headers, stream=True, timeout=timeout_s) as resp:
         resume = _check_status(resp, url, part, offset)
-        if resume is None:
+        # A pinned part may resume on any bytes (its checksum decides); an unpinned one only on its own.
+        same = resume is False or pinned or (record is not None and record.same_file(url, resp, total_length(resp)))
+        if same and resume is not None:
+            if not resume:
+                start_record(part, url, resp)
+            _receive(resp, part, offset if resume else 0)
+        if same:
             return
-        length = int(resp.headers.get("Content-Length", 0)) or None
-        start = offset if resume else 0
-        total = start + length if length is not None else None
-        name = part.name.removesuffix(".part")
-        with part.open("ab" if resume else "wb") as fh, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None
-        ) as bar:
-            for chunk in resp.iter_content(NET_CHUNK):
-                fh.write(chunk)
-                bar.update(len(chunk))
+    log.info("%s: the file on the server changed since this part was started; downloading it again", part.name)
+    discard(part)
+    _http_attempt(url, part, timeout_s, http, pinned)  # without a part: a plain GET
+
+
+def _receive(resp: requests.Response, part: Path, start: int) -> None:
+    """Stream the body into the part, appended at start (> 0) or from the beginning."""
+    length = int(resp.headers.get("Content-Length", 0)) or None
+    total = start + length if length is not None else None
+    name = part.name.removesuffix(".part")
+    with part.open("ab" if start else "wb") as fh, tqdm(
+        total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None
+    ) as bar:
+        for chunk in resp.iter_content(NET_CHUNK):
+            fh.write(chunk)
+            bar.update(len(chunk))
     if total is not None and part.stat().st_size < total:
         raise requests.ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
@@ -189,7 +217,7 @@ def _check_status(resp: requests.Response, url: str, part: Path, offset: int) ->
     if code == 416 and resp.headers.get("Content-Range", "").endswith(f"/{offset}"):
         return None  # interrupted after the last byte: nothing left to fetch
     if code == 416 or (code == 206 and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")):
-        part.unlink()
+        discard(part)
         raise requests.ConnectionError(f"server refused to resume at byte {offset}; starting over")
     if code >= 500:
         raise requests.ConnectionError(f"HTTP {code} from the server")

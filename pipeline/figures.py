@@ -14,15 +14,16 @@ import pandas as pd  # noqa: E402
 
 from ddfp.data.masks import voc_palette  # noqa: E402
 from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pipeline.files import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write through a temporary name so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    """Write through a unique temporary file so a reader never sees half a PNG."""
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

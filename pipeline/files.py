@@ -3,6 +3,7 @@
 Every file the pipeline publishes (checkpoints, JSON outputs, reports, figures, params.yaml) goes
 through `atomic_write`, so a reader never sees half a file, a kill never leaves one, and two writers
 never share a temporary name (each gets its own from mkstemp; the last rename wins whole).
+`atomic_directory` does the same for a whole folder (a generated dataset, the split lists).
 A full disk keeps the previous file intact, removes the partial temporary and raises a DataError
 naming the target.
 """
@@ -12,12 +13,29 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from pipeline.errors import DataError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(err: BaseException) -> bool:
+    # Libraries that write through the file object (torch.save, PIL) may wrap its OSError in their
+    # own exception, e.g. torch's "enforce fail at inline_container.cc"; the OSError is its context.
+    for cause in (err, err.__context__):
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            return True
+    return False
+
+
+def _full_disk(path: Path, existed: bool) -> DataError:
+    kept = f"the previous {path.name} is kept" if existed else "nothing was written"
+    return DataError(f"{path}: no space left on the device; {kept}")
 
 
 @contextmanager
@@ -33,14 +51,50 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(f"{path}: no space left on the device; the previous {path.name} is kept") from None
+        if _no_space(err):
+            raise _full_disk(path, path.exists()) from None
         raise
+
+
+@contextmanager
+def atomic_directory(dest: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to dest; on success it replaces dest, on error it vanishes.
+
+    The temporary folder is a sibling, so the final renames stay on one file system and dest is
+    never seen half-written.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        _swap_into_place(tmp, dest)
+    except BaseException as err:
+        if _no_space(err):
+            raise _full_disk(dest, dest.exists()) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful swap
+
+
+def _swap_into_place(new: Path, dest: Path) -> None:
+    # A non-empty folder cannot be renamed over, so the old one is moved aside first and put back if
+    # the second rename fails.
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    aside = trash / dest.name
+    os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.replace(aside, dest)
         raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -59,4 +113,4 @@ def write_json_atomic(obj: Any, path: Path) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_directory", "atomic_write", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]

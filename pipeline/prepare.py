@@ -11,13 +11,8 @@ Everything is written into a temporary sibling folder and moved into place only 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -26,6 +21,7 @@ from tqdm import tqdm
 from ddfp.config import Config
 from ddfp.data.masks import voc_palette
 from ddfp.data.synthetic import generate
+from pipeline.files import atomic_directory, atomic_write
 
 JPEG_QUALITY = 95
 MARKER = "synthetic.json"
@@ -35,41 +31,6 @@ def save_palette_png(mask: np.ndarray, path: Path) -> None:
     image = Image.fromarray(mask)  # mode L; putpalette turns it into P with the same indices
     image.putpalette(voc_palette())
     image.save(path)
-
-
-@contextmanager
-def atomic_directory(dest: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to dest; on success it replaces dest, on error it vanishes.
-
-    The temporary folder is a sibling, so the final renames stay on one file system and dest is
-    never seen half-written.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        yield tmp
-        _swap_into_place(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful swap
-
-
-def _swap_into_place(new: Path, dest: Path) -> None:
-    # A non-empty folder cannot be renamed over, so the old one is moved aside first and put back if
-    # the second rename fails.
-    if not dest.exists():
-        os.replace(new, dest)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    aside = trash / dest.name
-    os.replace(dest, aside)
-    try:
-        os.replace(new, dest)
-    except BaseException:
-        os.replace(aside, dest)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _check_replaceable(root: Path) -> None:
@@ -99,14 +60,5 @@ def write_synthetic(cfg: Config, root: Path) -> None:
 
 def pack_tar(root: Path, tar_path: Path, arcname: str) -> None:
     """Pack the folder root as tar_path with members under arcname/ (written to a temp file first)."""
-    tar_path = Path(tar_path)
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{tar_path.name}.tmp-", dir=tar_path.parent)
-    os.close(fd)
-    try:
-        with tarfile.open(tmp_name, "w") as tar:
-            tar.add(root, arcname=arcname)  # members are added in sorted order: reproducible layout
-        os.replace(tmp_name, tar_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(tar_path) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+        tar.add(root, arcname=arcname)  # members are added in sorted order: reproducible layout

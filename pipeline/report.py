@@ -1,28 +1,32 @@
-"""`ddfp report`: label splits (and methods, seeds) side by side, from the MLflow runs.
+"""`ddfp report`: the runs `dvc repro` evaluated, side by side.
 
-Reads the finished training runs of the profile from MLflow (the latest run per split, method and
-seed), so seeds and methods trained outside `dvc repro` (ablations, sweeps' promoted values) appear
-beside the pipeline's own. Without a reachable tracking store it falls back to metrics/<split>.json.
+It reads exactly the evaluate stage's outputs, metrics/<split>.json and metrics/<split>.run.json, for
+every split of data.splits, and nothing else: the DVC stage declares everything the report depends
+on, and the report is what `dvc repro` produced. Every run is shown with its own trained values
+(method, seed, eps, threshold, backbone, run id), never the current configuration's; a split without
+its files is named with the command that makes them. All runs of every configuration (ablations,
+sweeps, sensitivity runs) are browsed in the MLflow UI, not here.
 
 Writes reports/results.md (split x method, mean +- std over seeds; the paper's Pascal numbers beside
-ours on Pascal), reports/miou_vs_labels.png, reports/class_iou.png and reports/training_curves.png.
+ours on Pascal; the runs), reports/miou_vs_labels.png, reports/class_iou.png and
+reports/training_curves.png.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from ddfp.config import Config
 from pipeline import figures
-from pipeline.secrets import redact
-from pipeline.tracking import KIND_TAG, experiment_name, project_dir, tracking_uri
+from pipeline.errors import DataError
+from pipeline.files import write_text_atomic
 
-# ../shared/ddfp_method.md section 2: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as
-# quoted by SemiOVS (the 732/1464 entries match the authors' logs); supervised: U2PL's baselines.
+# The paper's numbers: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as quoted by
+# SemiOVS (the 732/1464 entries match the authors' logs); supervised: U2PL's baselines.
 PAPER = {
     "pascal": {
         "DDFP (paper)": {"92": 75.0, "183": 78.0, "366": 79.5, "732": 81.2, "1464": 82.0},
@@ -32,59 +36,44 @@ PAPER = {
 METHOD_ORDER = ("supervised", "mean_teacher", "ddfp")
 
 
-def from_mlflow(cfg: Config) -> pd.DataFrame:
-    """One row per (split, method, seed): the latest finished, evaluated run of this profile."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    runs = mlflow.search_runs(
-        experiment_names=[experiment_name(cfg)], output_format="pandas",
-        filter_string=f"tags.{KIND_TAG} = 'train' and tags.profile = '{cfg.profile}' and attributes.status = 'FINISHED'",
-    )
-    if runs.empty or "metrics.val_miou" not in runs:
-        return pd.DataFrame()
-    runs = runs.dropna(subset=["metrics.val_miou"])
-    runs = runs[runs["tags.split"].isin(cfg.data.splits)].sort_values("start_time")
-    runs = runs.drop_duplicates(["tags.split", "tags.method", "tags.seed"], keep="last")
-    frame = pd.DataFrame({
-        "split": runs["tags.split"], "method": runs["tags.method"], "seed": runs["tags.seed"].astype(int),
-        "val_miou": runs["metrics.val_miou"], "run_id": runs["run_id"],
-        "model": runs.get("tags.reported_model", "teacher"),
-    })
-    for col in runs.columns:  # per-class IoU of the reported model
-        if col.startswith("metrics.final_iou_"):
-            model, cls = col.removeprefix("metrics.final_iou_").split("/", 1)
-            frame[f"{model}/{cls}"] = runs[col]
-    return frame.reset_index(drop=True)
+def read_split(metrics_dir: Path, split: str) -> tuple[dict[str, Any], dict[str, Any]] | list[Path]:
+    """The metrics and run record of one split, or the files of it that are missing."""
+    files = [metrics_dir / f"{split}.json", metrics_dir / f"{split}.run.json"]
+    absent = [p for p in files if not p.is_file()]
+    if absent:
+        return absent
+    try:
+        metrics, run = (json.loads(p.read_text()) for p in files)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{files[0]} or {files[1].name}: not JSON ({err}); rerun `dvc repro evaluate@{split}`") from None
+    return metrics, run
 
 
-def from_metrics_files(cfg: Config, metrics_dir: Path) -> pd.DataFrame:
-    """One row per split of the profile from the evaluate stage's JSON; a missing file is an error."""
-    rows = []
+def run_row(split: str, metrics: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """One report row: the run's own values and numbers, and the per-class IoU of its reported model."""
+    c = run["config"]
+    iou = {f"{metrics['reported_model']}/{k}": v for k, v in metrics["per_class_iou"].items()}
+    return {"split": split, "method": c["train.method"], "seed": c["train.seed"], "eps": c["perturb.eps"],
+            "threshold": c["train.conf_thresh"], "backbone": c["model.backbone"], "model": metrics["reported_model"],
+            "iterations": run["iterations"], "val_miou": metrics["val_miou"], "run_id": run["run_id"], **iou}
+
+
+def load_runs(cfg: Config, metrics_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], list[str]]:
+    """The rows, the run records (curves) by split, and one line per split whose files are missing."""
+    rows, records, missing = [], {}, []
     for split in cfg.data.splits:
-        path = metrics_dir / f"{split}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no metrics for split {split} (run `ddfp evaluate` first)")
-        m = json.loads(path.read_text())
-        iou = {f"{m['reported_model']}/{k}": v for k, v in m["per_class_iou"].items()}
-        rows.append({"split": split, "method": m["method"], "seed": m.get("seed", cfg.train.seed),
-                     "val_miou": m["val_miou"], "run_id": m.get("run_id"), "model": m["reported_model"], **iou})
-    return pd.DataFrame(rows)
-
-
-def collect(cfg: Config, metrics_dir: Path) -> tuple[pd.DataFrame, str]:
-    """The runs to report and where they came from."""
-    if cfg.tracking.enabled:
+        found = read_split(metrics_dir, split)
+        if isinstance(found, list):
+            missing.append(f"- split {split}: no {', '.join(str(p) for p in found)}; "
+                           f"`dvc repro evaluate@{split}` makes {'them' if len(found) > 1 else 'it'}")
+            continue
         try:
-            frame = from_mlflow(cfg)
-            if not frame.empty:
-                # The project's own store by its relative name: the report reads the same on any machine.
-                uri = redact(tracking_uri(cfg)).replace(f"sqlite:///{project_dir()}/", "sqlite:///")
-                return frame, f"MLflow ({uri})"
-        except Exception as err:  # noqa: BLE001 - the JSON outputs are the documented fallback
-            tqdm.write(f"warning: MLflow unavailable for the report ({redact(str(err)).splitlines()[0][:200]}); "
-                       f"using {metrics_dir}/*.json")
-    return from_metrics_files(cfg, metrics_dir), f"{metrics_dir}/*.json"
+            rows.append(run_row(split, *found))
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{metrics_dir / split}.json / .run.json: not the evaluate stage's output (no {err}); "
+                            f"rerun `dvc repro evaluate@{split}`") from None
+        records[split] = found[1]
+    return pd.DataFrame(rows), records, missing
 
 
 def labels_of(split: str, order: list[str]) -> int:
@@ -127,45 +116,56 @@ def class_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def curves(cfg: Config, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Training loss and validation mIoU over iterations of one run per (split, method)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri(cfg))
+def curves(records: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Training loss and the reported model's val mIoU over iterations, per run, from its run record."""
     out = {}
-    for _, row in frame.drop_duplicates(["split", "method"]).iterrows():
-        series = []
-        for metric, name in (("loss", "loss"), (f"val_miou_{row['model']}", "val_miou")):
-            hist = client.get_metric_history(row["run_id"], metric)
-            series.append(pd.DataFrame({"step": [m.step for m in hist], name: [m.value for m in hist]}))
-        out[f"{row['method']} / {row['split']}"] = pd.concat(series, ignore_index=True).sort_values("step")
+    for split, run in records.items():
+        model = run["reported_model"]
+        loss = pd.DataFrame(run["history"], columns=["iteration", "loss"]).rename(columns={"iteration": "step"})
+        val = pd.DataFrame([(e["iteration"], e.get(f"val_miou_{model}")) for e in run["evals"]],
+                           columns=["step", "val_miou"])
+        frame = pd.concat([loss, val], ignore_index=True).sort_values("step")
+        out[f"{run['config']['train.method']} / {split}"] = frame
     return out
 
 
-def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
-    frame, source = collect(cfg, metrics_dir)
-    summary = summarise(frame, cfg)
-    out_dir = out.parent
-    title = f"{cfg.data.dataset}, {cfg.model.backbone} ({cfg.profile} profile)"
-    figures.miou_vs_labels(summary, out_dir / "miou_vs_labels.png", title)
+def runs_table(frame: pd.DataFrame, cfg: Config) -> str:
+    """One line per run with its own configuration: which numbers these are."""
+    frame = frame.assign(labels=[labels_of(s, cfg.data.splits) for s in frame["split"]]).sort_values("labels")
+    cells = pd.DataFrame({
+        "labels": frame["split"], "method": frame["method"], "seed": frame["seed"].astype(str),
+        "eps": frame["eps"].astype(str), "threshold": frame["threshold"].astype(str), "backbone": frame["backbone"],
+        "model": frame["model"], "iterations": frame["iterations"].astype(str),
+        "val mIoU": frame["val_miou"].map(lambda v: f"{v:.2f}"), "run": frame["run_id"].fillna("not tracked"),
+    })
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+def write_figures(cfg: Config, frame: pd.DataFrame, records: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    title = f"{cfg.data.dataset} ({cfg.profile} profile)"
+    figures.miou_vs_labels(summarise(frame, cfg), out_dir / "miou_vs_labels.png", title)
     table = class_table(frame)
     if not table.empty:
         figures.class_heatmap(table, out_dir / "class_iou.png", f"per-class IoU (%), {title}")
-    if source.startswith("MLflow"):
-        figures.training_curves(curves(cfg, frame), out_dir / "training_curves.png", title)
-    text = (
-        f"# Results: {cfg.data.dataset} ({cfg.profile} profile)\n\n"
-        f"Validation mIoU (%) per number of labelled images; mean ± std (seeds) where a cell has several "
-        f"seeds. Backbone `{cfg.model.backbone}`, eps {cfg.perturb.eps}, threshold {cfg.train.conf_thresh}. "
-        f"Source: {source}, {len(frame)} runs.\n\n"
-        + markdown_table(summary, cfg) + "\n\n"
-        "![mIoU vs labels](miou_vs_labels.png)\n"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    return out
+    figures.training_curves(curves(records), out_dir / "training_curves.png", title)
+
+
+def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
+    frame, records, missing = load_runs(cfg, metrics_dir)
+    parts = [f"# Results: {cfg.data.dataset} ({cfg.profile} profile)\n",
+             f"Validation mIoU (%) per number of labelled images, of the runs whose evaluation is in "
+             f"`{metrics_dir}/` (what `dvc repro` evaluated); mean ± std (seeds) where a cell has several seeds. "
+             f"Each run's own configuration is listed under Runs.\n"]
+    if frame.empty:
+        parts.append("No split has been evaluated yet.\n")
+    else:
+        write_figures(cfg, frame, records, out.parent)
+        parts += [markdown_table(summarise(frame, cfg), cfg) + "\n", "## Runs\n", runs_table(frame, cfg) + "\n"]
+    if missing:
+        parts.append("**Missing splits** (not in the tables):\n\n" + "\n".join(missing) + "\n")
+    if not frame.empty:
+        parts.append("![mIoU vs labels](miou_vs_labels.png)\n\n![training curves](training_curves.png)\n")
+    return write_text_atomic(out, "\n".join(parts))
 
 
 def numeric_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:

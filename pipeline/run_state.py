@@ -27,9 +27,12 @@ from ddfp.schedule import poly_lr
 from ddfp.step import Batch, Models, Phase, train_step
 from ddfp.teacher import ema_decay, make_teacher, update_teacher
 from pipeline import checkpoint, distributed
+from pipeline.code_version import code_digest
 from pipeline.distributed import SINGLE, DistEnv
-from pipeline.evaluate import evaluate_models, write_json_atomic
+from pipeline.evaluate import evaluate_models
+from pipeline.files import write_json_atomic
 from pipeline.loaders import TrainLoaders, train_loaders, val_loader
+from pipeline.secrets import redact_tree, redact_values
 from pipeline.tracking import Tracker
 
 # Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
@@ -81,7 +84,8 @@ def seed_everything(seed: int) -> None:
 
 
 def fingerprint(cfg: Config) -> dict[str, Any]:
-    return {k: v for k, v in cfg.flat().items() if not k.startswith(RESUME_INDEPENDENT)}
+    # Redacted like the checkpoint's copy, so that a password (no training value) never blocks a resume.
+    return {k: v for k, v in redact_values(cfg.flat()).items() if not k.startswith(RESUME_INDEPENDENT)}
 
 
 @torch.no_grad()
@@ -147,14 +151,14 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.to_dict(), "done": self.complete,
+            "config": redact_tree(self.cfg.to_dict()), "done": self.complete,  # a DVC output and MLflow artifact
             "student": self.models.student.state_dict(), "teacher": self.models.teacher.state_dict(),
             "flow": self.models.flow.state_dict(),
             "opt_seg": self.opt_seg.state_dict(), "opt_flow": self.opt_flow.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": checkpoint.rng_state(),
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "iteration": self.iteration,
             "skipped": dict(self.skipped), "history": self.history, "evals": self.evals,
-            "run_id": self.tracker.run_id or self.resumed_run_id,
+            "run_id": self.tracker.run_id or self.resumed_run_id, "code": code_digest(),
         }
 
     def save(self) -> None:
@@ -165,12 +169,15 @@ class Trainer:
         self.saved_done = self.complete
 
     def try_resume(self) -> None:
-        """Load the run's checkpoint if it is of this configuration."""
-        if not self.paths.ckpt.exists():
+        """Load the run's checkpoint (the previous one if it is damaged) if it is of this configuration."""
+        state, source = checkpoint.load_resumable(self.paths.ckpt)
+        if state is None:
             return
-        state = checkpoint.load(self.paths.ckpt)
         if fingerprint(from_mapping(state["config"])) != fingerprint(self.cfg):
-            tqdm.write(f"{self.paths.ckpt}: checkpoint of another configuration, training from scratch")
+            tqdm.write(f"{source}: checkpoint of another configuration, training from scratch")
+            return
+        if state.get("code") != code_digest():  # e.g. `dvc repro` after an edit of ddfp/
+            tqdm.write(f"{source}: checkpoint of other training code, training from scratch")
             return
         for name in ("student", "teacher", "flow"):
             getattr(self.models, name).load_state_dict(state[name])
@@ -182,7 +189,7 @@ class Trainer:
             setattr(self, key, state[key])
         self.saved_done = bool(state["done"])
         self.resumed_run_id = state.get("run_id")
-        tqdm.write(f"resumed {self.paths.ckpt} at iteration {self.iteration}")
+        tqdm.write(f"resumed {source} at iteration {self.iteration}")
 
     # ---- one iteration -----------------------------------------------------------------------
     def to_batch(self, bl: dict, bu: dict) -> Batch:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.evaluate import write_json_atomic
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.report import numeric_markdown
 
 COLUMNS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
@@ -46,9 +46,7 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
         "ablation's seed-0 runs. Diagnostics: means over the last epoch's logged iterations.", "",
         numeric_markdown(frame), "",
     ])
-    tmp = out / ".sensitivity.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "sensitivity.md")
+    write_text_atomic(out / "sensitivity.md", text)
 
 
 def main() -> None:

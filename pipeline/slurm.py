@@ -23,7 +23,8 @@ from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ddfp.config import Config, ConfigError, from_mapping
-from pipeline.secrets import redact
+from pipeline.errors import JobError
+from pipeline.secrets import redact, redact_tree
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type
     from pipeline.trainer import RunPaths
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this 
 POLL_S = 5.0  # seconds between sacct polls while waiting
 
 
-class SlurmJobError(RuntimeError):
+class SlurmJobError(JobError):
     """A SLURM job failed, was cancelled or killed; the message names the job id and its logs."""
 
 
@@ -76,18 +77,10 @@ class TrainJob(submitit.helpers.Checkpointable):
 def job_config(cfg: Config) -> dict[str, Any]:
     """The config the job receives (pickled into the submitit folder): every URL password redacted.
     Training reads none of them; a tracking URI with a password must come from the environment."""
-    tree = _redact_tree(cfg.to_dict())
+    tree = redact_tree(cfg.to_dict())
     if tree["tracking"]["uri"] != cfg.tracking.uri:
         raise ConfigError("tracking.uri: holds a password; set MLFLOW_TRACKING_URI in the environment instead")
     return tree
-
-
-def _redact_tree(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _redact_tree(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_redact_tree(v) for v in tree]
-    return redact(tree) if isinstance(tree, str) else tree
 
 
 def make_executor(cfg: Config, name: str) -> submitit.AutoExecutor:

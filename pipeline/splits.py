@@ -7,24 +7,26 @@ Published splits (Pascal, Cityscapes) are read from ``data_root/published_splits
 format (bare Pascal ids; Cityscapes ``leftImg8bit/...`` paths) or UniMatch's ("image mask" lines),
 validated against the published counts and converted. A numeric split that is not published is drawn
 with ``data.split_seed`` from the training pool, resampled until the labelled part shows every class.
+Every listed image and mask is decoded before anything is written (pipeline.data_check), so a corrupt
+file is named here rather than mid-training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ddfp.config import Config
-from ddfp.data.masks import classes_present, read_mask
+from ddfp.config import Config, ConfigError
 from ddfp.data.spec import DatasetSpec, get_spec
-from pipeline.prepare import atomic_directory
+from pipeline.data_check import Pair, check_listed
+from pipeline.errors import DataError
+from pipeline.files import atomic_directory
 
-Pair = tuple[str, str]  # (image path, mask path), relative to the data root
 LISTS = ("labeled", "unlabeled", "val")
 COVERAGE_DRAWS = 1000  # draws of a seeded split before giving up on covering every class
 
@@ -64,28 +66,24 @@ def read_published(path: Path, spec: DatasetSpec) -> list[Pair]:
             if fields:
                 pairs.append((fields[0], fields[1]) if len(fields) == 2 else _pair_from_token(fields[0], spec))
         except ValueError as err:
-            raise ValueError(f"{path}:{number}: {err}") from None
+            raise DataError(f"{path}:{number}: {err}") from None
     seen: set[str] = set()
     for image, _ in pairs:
         if image in seen:
-            raise ValueError(f"{path}: {image} is listed twice")
+            raise DataError(f"{path}: {image} is listed twice")
         seen.add(image)
     return pairs
 
 
-def check_lists(root: Path, lists: dict[str, list[Pair]], sources: dict[str, Path | str]) -> None:
-    """Every listed image and mask exists under root; labelled, unlabelled and val are disjoint."""
-    for name, pairs in lists.items():
-        for image, mask in pairs:
-            for rel in (image, mask):
-                if not (root / rel).is_file():
-                    raise FileNotFoundError(f"{sources[name]}: {Path(image).stem}: {root / rel} does not exist")
-    for i, a in enumerate(LISTS):
-        for b in LISTS[i + 1:]:
+def check_disjoint(lists: dict[str, list[Pair]], sources: dict[str, Path | str]) -> None:
+    """No image is in two of the lists (labelled, unlabelled, val; or a seeded split's pool and val)."""
+    names = list(lists)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
             shared = sorted({p[0] for p in lists[a]} & {p[0] for p in lists[b]})
             if shared:
                 ids = ", ".join(Path(s).stem for s in shared[:5])
-                raise ValueError(f"{sources[a]} and {sources[b]} share {len(shared)} images, e.g. {ids}")
+                raise DataError(f"{sources[a]} and {sources[b]} share {len(shared)} images, e.g. {ids}")
 
 
 def _check_counts(dataset: str, split: str, lists: dict[str, list[Pair]], sources: dict[str, Path]) -> None:
@@ -95,10 +93,10 @@ def _check_counts(dataset: str, split: str, lists: dict[str, list[Pair]], source
         return
     got = (len(lists["labeled"]), len(lists["unlabeled"]))
     if got != expected:
-        raise ValueError(f"{sources['labeled'].parent}: split {split} has {got[0]} labelled / {got[1]} unlabelled "
-                         f"images, published {expected[0]} / {expected[1]}")
+        raise DataError(f"{sources['labeled'].parent}: split {split} has {got[0]} labelled / {got[1]} unlabelled "
+                        f"images, published {expected[0]} / {expected[1]}")
     if len(lists["val"]) != PUBLISHED_VAL[dataset]:
-        raise ValueError(f"{sources['val']}: {len(lists['val'])} images, published {PUBLISHED_VAL[dataset]}")
+        raise DataError(f"{sources['val']}: {len(lists['val'])} images, published {PUBLISHED_VAL[dataset]}")
 
 
 def seeded_split(
@@ -106,7 +104,7 @@ def seeded_split(
 ) -> tuple[list[Pair], list[Pair]]:
     """n labelled images drawn from train (seed, n) until they show all classes; the rest unlabelled."""
     if not 0 < n < len(train):
-        raise ValueError(f"split {n}: need 0 < labelled < {len(train)} training images")
+        raise ConfigError(f"data.splits: split {n}: need 0 < labelled < {len(train)} training images")
     rng = np.random.default_rng([seed, n])
     wanted = set(range(num_classes))
     for _ in range(COVERAGE_DRAWS):
@@ -117,15 +115,7 @@ def seeded_split(
     missing = wanted - set().union(*(classes_of(p) for p in train))
     reason = f"classes {sorted(missing)} never occur in the training pool" if missing else (
         f"no draw of {n} images out of {COVERAGE_DRAWS} (seed {seed}) covered every class; use a larger split")
-    raise ValueError(f"split {n}: cannot cover all {num_classes} classes: {reason}")
-
-
-def _mask_classes(root: Path, num_classes: int) -> Callable[[Pair], set[int]]:
-    @lru_cache(maxsize=None)
-    def classes_of(pair: Pair) -> set[int]:
-        return classes_present(read_mask(root / pair[1], num_classes))
-
-    return classes_of
+    raise ConfigError(f"data.splits: split {n}: cannot cover all {num_classes} classes: {reason}")
 
 
 def _synthetic_pool(root: Path, spec: DatasetSpec) -> tuple[list[Pair], list[Pair]]:
@@ -165,27 +155,52 @@ def _train_pool(root: Path, spec: DatasetSpec, published: dict[str, Path]) -> tu
     return list(pool.values()), val
 
 
-def _build_split(cfg: Config, root: Path, split: str) -> tuple[dict[str, list[Pair]], dict]:
-    """The three lists of one split and how they were made."""
-    spec = get_spec(cfg.data.dataset)
+@dataclass(frozen=True)
+class _Plan:
+    """Where one split's lists come from: published (seed None), or a seeded draw from lists["train"]."""
+
+    lists: dict[str, list[Pair]]  # published: labeled, unlabeled, val; seeded: train (the pool), val
+    sources: dict[str, Path | str]
+    seed: int | None
+
+
+def _plan(cfg: Config, root: Path, split: str, spec: DatasetSpec) -> _Plan:
+    """Read (not yet decode) the lists one split is made from, and check their counts and overlap."""
     published = {} if spec.name == "synthetic" else _published_dirs(root)
     if split in published:
         lists, sources = _load_published(root, published[split], spec)
         _check_counts(spec.name, split, lists, sources)
-        check_lists(root, lists, sources)
-        return lists, {"source": "published", "seed": None}
+        check_disjoint(lists, sources)
+        return _Plan(lists, sources, None)
     if split in PUBLISHED_COUNTS.get(spec.name, {}):
         # A seeded stand-in would silently differ from the published ids the paper's numbers use.
         raise FileNotFoundError(f"split {split} is a published {spec.name} split but "
                                 f"{root / 'published_splits' / split} is missing: run the download stage")
     if not split.isdigit():
-        raise ValueError(f"split {split!r}: not published under {root / 'published_splits'} and not a number")
+        raise ConfigError(f"data.splits: {split!r} is not published under {root / 'published_splits'} "
+                          "and not a number")
     train, val = _synthetic_pool(root, spec) if spec.name == "synthetic" else _train_pool(root, spec, published)
-    classes_of = _mask_classes(root, spec.num_classes)
-    labeled, unlabeled = seeded_split(train, int(split), cfg.data.split_seed, spec.num_classes, classes_of)
-    lists = {"labeled": labeled, "unlabeled": unlabeled, "val": val}
-    check_lists(root, lists, {name: f"split {split} ({name}, seeded)" for name in LISTS})
-    return lists, {"source": "seeded", "seed": cfg.data.split_seed}
+    plan = _Plan({"train": train, "val": val}, {name: f"split {split} ({name}, seeded)" for name in ("train", "val")},
+                 cfg.data.split_seed)
+    check_disjoint(plan.lists, plan.sources)
+    return plan
+
+
+def _listed(plans: dict[str, _Plan]) -> dict[Pair, str]:
+    """Every pair of every plan, once, with the first list that names it."""
+    listed: dict[Pair, str] = {}
+    for plan in plans.values():
+        for name, pairs in plan.lists.items():
+            for pair in pairs:
+                listed.setdefault(pair, str(plan.sources[name]))
+    return listed
+
+
+def _draw(plan: _Plan, split: str, num_classes: int, classes_of: Callable[[Pair], set[int]]) -> dict[str, list[Pair]]:
+    if plan.seed is None:
+        return plan.lists
+    labeled, unlabeled = seeded_split(plan.lists["train"], int(split), plan.seed, num_classes, classes_of)
+    return {"labeled": labeled, "unlabeled": unlabeled, "val": plan.lists["val"]}
 
 
 def _write_lists(folder: Path, lists: dict[str, list[Pair]]) -> dict[str, str]:
@@ -199,12 +214,20 @@ def _write_lists(folder: Path, lists: dict[str, list[Pair]]) -> dict[str, str]:
 
 
 def run_splits(cfg: Config, data_root: Path, out_dir: Path) -> dict:
-    """Write every split of cfg.data.splits under out_dir (atomically) and return the manifest."""
-    data_root, manifest = Path(data_root), {}
+    """Write every split of cfg.data.splits under out_dir (atomically) and return the manifest.
+
+    Every file any split lists is decoded first, once (the splits share most images); a DataError
+    names all bad files and nothing is written.
+    """
+    data_root, spec, manifest = Path(data_root), get_spec(cfg.data.dataset), {}
+    plans = {split: _plan(cfg, data_root, split, spec) for split in cfg.data.splits}
+    classes = check_listed(data_root, _listed(plans), spec.num_classes)
+    drawn = {split: _draw(plan, split, spec.num_classes, classes.__getitem__) for split, plan in plans.items()}
     with atomic_directory(Path(out_dir)) as tmp:
-        for split in cfg.data.splits:
-            lists, how = _build_split(cfg, data_root, split)
+        for split, lists in drawn.items():
             digests = _write_lists(tmp / split, lists)
+            seed = plans[split].seed
+            how = {"source": "published" if seed is None else "seeded", "seed": seed}
             manifest[split] = {**{name: len(lists[name]) for name in LISTS}, **how, "sha256": digests}
         (tmp / "splits.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

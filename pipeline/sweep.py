@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import socket
 import sys
 import time
@@ -31,7 +30,8 @@ from optuna.trial import TrialState
 
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError, ParamSpace
-from pipeline.secrets import redact
+from pipeline.errors import JobError
+from pipeline.secrets import expand_env, redact
 from pipeline.sweep_tracking import RetryStaleTrial, TrialTracker, open_parent_run
 from pipeline.tracking import NullTracker, project_dir, tracking_uri
 
@@ -47,7 +47,7 @@ class SweepPaths:
     reports: Path  # reports/sweep/<study>
 
 
-class SweepError(RuntimeError):
+class SweepError(JobError):
     """The study did not reach its trial count (workers died, every trial failed)."""
 
 
@@ -56,17 +56,10 @@ def storage_url(cfg: Config) -> str:
     return cfg.sweep.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{project_dir() / 'optuna.db'}"
 
 
-def _expand(url: str) -> str:
-    missing = [v for v in re.findall(r"\$\{(\w+)\}", url) if v not in os.environ]
-    if missing:
-        raise ConfigError(f"sweep.storage: environment variable(s) {', '.join(missing)} not set")
-    return os.path.expandvars(url)
-
-
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
     """journal:PATH (journal:///abs or journal:rel) -> a journal file; anything else -> RDBStorage,
     with the heartbeat that retries the trials of dead workers (sweep.heartbeat_interval_s)."""
-    s, url = cfg.sweep, _expand(storage_url(cfg))
+    s, url = cfg.sweep, expand_env(storage_url(cfg), "sweep.storage")
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path = path if path.is_absolute() else project_dir() / path

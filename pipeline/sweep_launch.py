@@ -1,6 +1,6 @@
-"""Running a sweep end to end: its inputs (made when missing, for the embedded dataset), the study and
-its MLflow parent run, the workers (in this process, local processes, or a SLURM job array), then the
-report files. Every worker is an independent `run_worker` pulling trials from the shared storage.
+"""Running a sweep end to end: the study and its MLflow parent run, the workers (in this process, local
+processes, or a SLURM job array), then the report files. Every worker is an independent `run_worker`
+pulling trials from the shared storage. Its inputs come from pipeline.inputs.
 """
 
 from __future__ import annotations
@@ -25,28 +25,6 @@ def sweep_split(cfg: Config) -> str:
     if split not in cfg.data.splits:
         raise ConfigError(f"sweep.split: {split!r} is not one of data.splits {cfg.data.splits}")
     return split
-
-
-def ensure_inputs(cfg: Config, data: Path, split_dir: Path, weights: Path | None) -> Path | None:
-    """The dataset, split lists and weights DVC's stages would make, made here when missing (the
-    dataset only when it is the generated one), so `ddfp sweep` works in a fresh clone."""
-    from pipeline.prepare import write_synthetic
-    from pipeline.splits import run_splits
-    from pipeline.weights import run_weights
-
-    if not data.is_dir():
-        if cfg.data.dataset != "synthetic":
-            raise FileNotFoundError(f"{data}: no dataset (run `dvc repro splits weights` first)")
-        print(f"{data}: generating the {cfg.data.dataset} dataset", file=sys.stderr)
-        write_synthetic(cfg, data)
-    if not (split_dir / "labeled.txt").is_file():
-        print(f"{split_dir}: writing the split lists", file=sys.stderr)
-        run_splits(cfg, data, split_dir.parent)
-    if not cfg.model.pretrained:
-        return None
-    if weights is None or not weights.is_file():
-        weights = run_weights(cfg, (weights or Path("data/weights/x")).parent)
-    return weights
 
 
 def check_space(cfg: Config) -> None:
@@ -142,4 +120,4 @@ def _retried(study) -> int:
     return len({n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])})
 
 
-__all__ = ["run_sweep", "ensure_inputs", "sweep_split", "check_space", "SweepJob"]
+__all__ = ["run_sweep", "sweep_split", "check_space", "SweepJob"]

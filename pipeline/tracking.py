@@ -1,8 +1,9 @@
 """Experiment tracking: one MLflow run per (dataset, split, method, seed), logged once, from rank 0.
 
 The trainer and the evaluate stage talk to the `Tracker` protocol only. `MlflowTracker` never stops
-training: the first failing call (server down, network cut) prints one warning and the tracker goes
-quiet; the metrics stay in the stage's JSON outputs (train_log.json, val_log.json, metrics/*.json).
+training: a failing call (server down, network cut) prints one warning for the outage, and what
+cannot be sent waits in the run directory's spool (pipeline.tracking_spool) until the server answers
+again, at the latest at the end of the training or in the evaluate stage.
 
 Run identity survives restarts: the run id is saved in the training checkpoint, so a resumed or
 requeued job continues the same run. Runs of one configuration (all splits of a `dvc repro`, all
@@ -11,13 +12,10 @@ seeds) hang under a parent run found by a hash of that configuration; a sweep pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,23 +23,33 @@ import yaml
 from tqdm import tqdm
 
 from ddfp.config import Config
-from pipeline.secrets import redact, redact_values
+from pipeline.files import write_json_atomic
+from pipeline.run_identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, dvc_hashes, experiment_name,
+                                   group_hash, param_strings, project_dir, run_note, run_params, run_spec,
+                                   tracking_uri)
+from pipeline.secrets import redact
+from pipeline.tracking_spool import Spool
 
-# Keys left out of the group hash: runs differing only in these share a parent run.
-GROUP_INDEPENDENT = ("train.seed", "eval.", "tracking.", "data.num_workers", "train.device", "train.ckpt_every",
-                     "train.log_every", "train.eval_every", "train.max_iters", "sweep.")
-PARENT_TAG, GROUP_TAG, KIND_TAG = "mlflow.parentRunId", "ddfp_group", "ddfp_kind"
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)
+RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its tracker created
 
 
 class Tracker(Protocol):
     run_id: str | None
+
+    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
+              parent_id: str | None = None) -> None: ...
+
+    def attach(self, run_id: str | None) -> None: ...
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def flush(self) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -50,6 +58,12 @@ class NullTracker:
     """Tracks nothing (other ranks, tracking disabled, benchmarks)."""
 
     run_id: str | None = None
+
+    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None, parent_id: str | None = None) -> None:
+        return None
+
+    def attach(self, run_id: str | None) -> None:
+        return None
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         return None
@@ -60,85 +74,11 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         return None
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def flush(self) -> None:
         return None
 
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What names a training run (the split comes from the split directory, not the config)."""
-
-    split: str
-    world_size: int = 1
-    device: str = "cpu"
-    precision: str = "fp32"
-    data_hashes: dict[str, str] = field(default_factory=dict)
-
-    def name(self, cfg: Config) -> str:
-        return f"{cfg.data.dataset}-{self.split}-{cfg.train.method}-seed{cfg.train.seed}"
-
-
-def project_dir() -> Path:
-    """The DVC project root when run by `dvc repro` (it exports DVC_ROOT), else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-
-
-def tracking_uri(cfg: Config) -> str:
-    """params key, else $MLFLOW_TRACKING_URI, else the embedded store in the project directory."""
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
-
-
-def experiment_name(cfg: Config) -> str:
-    return cfg.tracking.experiment or cfg.data.dataset
-
-
-def group_hash(cfg: Config) -> str:
-    flat = {k: v for k, v in cfg.flat().items() if not k.startswith(GROUP_INDEPENDENT)}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def dvc_hashes(root: Path, paths: dict[str, Path | None]) -> dict[str, str]:
-    """The md5 DVC recorded in dvc.lock for each input path ('untracked' when DVC does not track it)."""
-    lock = root / "dvc.lock"
-    recorded: dict[str, str] = {}
-    if lock.is_file():
-        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-            for out in stage.get("outs", []):
-                recorded[str((root / out["path"]).resolve())] = out.get("md5", "unknown")
-    result = {}
-    for name, path in paths.items():
-        resolved = str(Path(path).resolve()) if path else ""
-        # A split directory sits inside the tracked data/splits: report the hash of the tracked parent.
-        hit = next((recorded[p] for p in (resolved, str(Path(resolved).parent)) if p in recorded), "untracked")
-        result[f"dvc_md5.{name}"] = hit
-    return result
-
-
-def run_params(cfg: Config, info: RunInfo) -> dict[str, Any]:
-    """The flattened resolved config plus what makes a run reproducible, secrets redacted."""
-    t = cfg.train
-    params = {
-        **cfg.flat(), "split": info.split, "git_commit": git_commit(project_dir()), "world_size": info.world_size,
-        "global_batch": t.batch_size * info.world_size, "resolved_device": info.device,
-        "resolved_precision": info.precision, **info.data_hashes,
-    }
-    return redact_values(params)
-
-
-def run_tags(cfg: Config, info: RunInfo) -> dict[str, str]:
-    tags = {"split": info.split, "dataset": cfg.data.dataset, "method": cfg.train.method,
-            "profile": cfg.profile, "seed": str(cfg.train.seed), GROUP_TAG: group_hash(cfg), KIND_TAG: "train"}
-    if os.environ.get("DVC_STAGE"):
-        tags["dvc_stage"] = os.environ["DVC_STAGE"]
-    return tags
+    def finish(self, status: str = "FINISHED") -> None:
+        return None
 
 
 def _prepare_http_client() -> None:
@@ -149,28 +89,112 @@ def _prepare_http_client() -> None:
 
 
 class MlflowTracker:
-    """A live MLflow run. Every call is guarded: the first error warns once and turns tracking off."""
+    """A live MLflow run that never stops training and loses nothing it was asked to log.
 
-    def __init__(self, uri: str) -> None:
+    A failing call (after MLflow's own HTTP retries, a few seconds) starts an outage: one warning,
+    then every call goes to the spool at once, and the backlog is sent, in order, at the next retry
+    (after RECONNECT_S[0] seconds, doubling up to RECONNECT_S[1]), at `finish` and at `flush`.
+    """
+
+    def __init__(self, uri: str, run_dir: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         _prepare_http_client()
-        self.uri = uri
+        self.uri, self.run_dir = uri, run_dir
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
-        self.active = True
+        self.spool = Spool(run_dir)
+        self._pending_create = self.spool.has("create")  # a run that exists only in the spool so far
+        # A spool left by an earlier process (killed during an outage) goes out with the first call.
+        self._down, self._warned = len(self.spool) > 0, False
+        self._wait, self._next_try = RECONNECT_S[0], 0.0
+
+    @property
+    def active(self) -> bool:
+        """False during an outage (calls are kept, not sent)."""
+        return not self._down
+
+    # ---- outages -----------------------------------------------------------------------------
+    def _attempt(self, what: str, fn, *args, **kwargs) -> tuple[bool, Any]:
+        """(done, fn's result): not done only when the store could not be reached, so the call
+        can be sent later; a call the store refused (a client error) is done, with a warning."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return True, fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking is never allowed to stop training
+            if isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500:
+                tqdm.write(f"warning: MLflow at {redact(self.uri)} refused {what} ({_first_line(err)}); dropped")
+                return True, None
+            self._outage(what, err)
+            return False, None
+
+    def _outage(self, what: str, err: Exception) -> None:
+        self._down, self._next_try = True, time.monotonic() + self._wait
+        self._wait = min(2 * self._wait, RECONNECT_S[1])
+        if self._warned:
+            return
+        self._warned = True
+        tqdm.write(f"warning: MLflow tracking at {redact(self.uri)} failed ({what}: {_first_line(err)}); training goes on, "
+                   f"what it logs is kept in {self.spool} and sent when the server answers again")
+
+    def _online(self, force: bool = False) -> bool:
+        """Whether calls go out now; after an outage (once a retry is due) the backlog goes first."""
+        if not self._down:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        entries, created = self.spool.read(), None
+        for i, entry in enumerate(entries):
+            if not self._attempt(f"send a kept {entry['op']}", self._send, entry)[0]:
+                self.spool.replace([{**e, "run": e.get("run") or created} for e in entries[i:]])
+                return False
+            created = self.run_id if entry["op"] == "create" else created
+        self.spool.replace([])
+        self._down, self._warned, self._pending_create, self._wait = False, False, False, RECONNECT_S[0]
+        if entries:
+            tqdm.write(f"MLflow at {redact(self.uri)} answers again: sent the {len(entries)} kept tracking calls")
+        return True
 
     def _guard(self, what: str, fn, *args, **kwargs) -> Any:
-        if not self.active:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - tracking is never allowed to stop training
-            self.active = False
-            msg = redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
-            tqdm.write(f"warning: MLflow tracking at {redact(self.uri)} failed ({what}: {msg}); "
-                       "training goes on untracked, metrics stay in the stage's JSON outputs")
-            return None
+        """fn's result; None (and the call dropped) while the store does not answer."""
+        return self._attempt(what, fn, *args, **kwargs)[1] if self._online() else None
+
+    def _call(self, what: str, entry: dict[str, Any]) -> None:
+        """Send one call now, or keep it for later."""
+        if not (self._online() and self._attempt(what, self._send, entry)[0]):
+            self._keep(entry)
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "artifact":
+            entry = {**entry, "file": str(self.spool.keep_file(Path(entry["file"])))}
+        self._pending_create = self._pending_create or entry["op"] == "create"
+        self.spool.append(entry)
+
+    def _has_run(self) -> bool:
+        return self.run_id is not None or self._pending_create
+
+    # ---- what is sent ------------------------------------------------------------------------
+    def _send(self, entry: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        op, run = entry["op"], entry.get("run") or self.run_id
+        if op == "create":
+            self._create(entry["spec"])
+        elif op == "params":
+            self._log_params(run, entry["params"], entry["note"])
+        elif op == "metrics":
+            batch = [Metric(k, v, entry["ts"], entry["step"]) for k, v in entry["metrics"].items()]
+            self.client.log_batch(run, metrics=batch)
+        elif op == "tags":
+            self.client.log_batch(run, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+        elif op == "artifact":
+            self.client.log_artifact(run, entry["file"], entry["dir"])
+        elif op == "end":
+            self.client.set_terminated(run, entry["status"])
+            parent_id = self.client.get_run(run).data.tags.get(PARENT_TAG)
+            if parent_id and entry["status"] == "FINISHED":  # the parent is as finished as its latest child
+                self.client.set_terminated(parent_id, "FINISHED")
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -183,82 +207,105 @@ class MlflowTracker:
             location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def _find_parent(self, experiment_id: str, cfg: Config) -> str:
-        group = group_hash(cfg)
+    def _find_parent(self, experiment_id: str, spec: dict[str, Any]) -> str:
+        group = spec["tags"][GROUP_TAG]
         found = self.client.search_runs(
             [experiment_id], f"tags.{GROUP_TAG} = '{group}' and tags.{KIND_TAG} = 'parent'", max_results=1)
         if found:
             return found[0].info.run_id
-        name = f"{cfg.profile}-{cfg.data.dataset}-{cfg.train.method}-{group}"
-        run = self.client.create_run(experiment_id, run_name=name, tags={GROUP_TAG: group, KIND_TAG: "parent",
-                                                                         "profile": cfg.profile})
-        return run.info.run_id
+        tags = {GROUP_TAG: group, KIND_TAG: "parent", "profile": spec["tags"]["profile"]}
+        return self.client.create_run(experiment_id, run_name=spec["parent_name"], tags=tags).info.run_id
 
-    def _start(self, cfg: Config, info: RunInfo, resume_id: str | None, parent_id: str | None) -> None:
+    def _create(self, spec: dict[str, Any]) -> None:
+        """Create the run (under its parent) from a run_spec; the run directory records its id."""
+        experiment_id = self._experiment_id(spec["experiment"])
+        parent_id = spec["parent"] or self._find_parent(experiment_id, spec)
+        run = self.client.create_run(experiment_id, run_name=spec["name"], tags={**spec["tags"], PARENT_TAG: parent_id})
+        self.run_id = run.info.run_id
+        if self.run_dir is not None:
+            write_json_atomic({"run_id": self.run_id}, self.run_dir / RUN_RECORD)
+
+    def _log_params(self, run_id: str, params: dict[str, str], note: str) -> None:
         from mlflow.entities import Param, RunTag
 
-        experiment_id = self._experiment_id(experiment_name(cfg))
+        batch = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(batch), MAX_BATCH):
+            self.client.log_batch(run_id, params=batch[i:i + MAX_BATCH])
+        self.client.log_batch(run_id, tags=[RunTag("mlflow.note.content", note)])
+
+    def _start(self, cfg: Config, info: RunInfo, resume_id: str | None, parent_id: str | None) -> None:
         if resume_id is not None:
             self.client.update_run(resume_id, status="RUNNING")
             self.run_id = resume_id  # params were logged when the run began; MLflow forbids changing them
             return
-        parent_id = parent_id or self._find_parent(experiment_id, cfg)
-        tags = {**run_tags(cfg, info), PARENT_TAG: parent_id}
-        run = self.client.create_run(experiment_id, run_name=info.name(cfg), tags=tags)
-        self.run_id = run.info.run_id
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                  for k, v in run_params(cfg, info).items()]
-        for i in range(0, len(params), MAX_BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + MAX_BATCH])
-        self.client.log_batch(self.run_id, tags=[RunTag("mlflow.note.content", _note(cfg, info))])
+        self._create(run_spec(cfg, info, parent_id))
+        self._log_params(self.run_id, param_strings(cfg, info), run_note(cfg, info))
 
+    # ---- the Tracker protocol ----------------------------------------------------------------
     def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None, parent_id: str | None = None) -> None:
-        self._guard("start run", self._start, cfg, info, resume_id, parent_id)
+        if resume_id is None and self._pending_create:
+            # A killed training whose run exists only in the spool: create it, then go on in it.
+            if not self._online(force=True):
+                return
+            resume_id = self.run_id
+        if self._online() and self._attempt("start run", self._start, cfg, info, resume_id, parent_id)[0]:
+            return
+        if resume_id is not None:
+            self.run_id = resume_id  # the run exists; finish sends its status
+            return
+        if self.run_id is None:
+            self._keep({"op": "create", "spec": run_spec(cfg, info, parent_id)})
+        self._keep({"op": "params", "run": self.run_id, "params": param_strings(cfg, info), "note": run_note(cfg, info)})
 
-    def attach(self, run_id: str) -> None:
-        """Log into an existing run (the evaluate stage adds to the training run)."""
+    def attach(self, run_id: str | None) -> None:
+        """Log into an existing run (the evaluate stage adds to the training run): `run_id`, else the
+        run this run directory's tracker created (when the checkpoint could not record it)."""
+        record = self.run_dir / RUN_RECORD if self.run_dir is not None else None
+        if run_id is None and not self._pending_create and record is not None and record.is_file():
+            run_id = json.loads(record.read_text())["run_id"]
         self.run_id = run_id
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
-        if self.run_id is None:
-            return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        self._guard("log metrics", self.client.log_batch, self.run_id, metrics=batch)
+        if self._has_run():
+            values = {k: float(v) for k, v in metrics.items() if v is not None}
+            entry = {"op": "metrics", "run": self.run_id, "metrics": values, "step": step, "ts": int(time.time() * 1000)}
+            self._call("log metrics", entry)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.run_id is not None:
-            self._guard("log artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+        if self._has_run():
+            self._call("log artifact", {"op": "artifact", "run": self.run_id, "file": str(path), "dir": artifact_path})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        if self._has_run():
+            self._call("set tags", {"op": "tags", "run": self.run_id, "tags": {k: redact(str(v)) for k, v in tags.items()}})
 
-        if self.run_id is not None:
-            batch = [RunTag(k, redact(str(v))) for k, v in tags.items()]
-            self._guard("set tags", self.client.log_batch, self.run_id, tags=batch)
+    def flush(self) -> None:
+        """Send what is kept now (the end of a training, the evaluate stage); say where the rest waits."""
+        self._online(force=True)
+        self._say_pending()
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.run_id is None:
-            return
-        self._guard("end run", self.client.set_terminated, self.run_id, status)
-        parent = self._guard("read run", self.client.get_run, self.run_id)
-        parent_id = parent.data.tags.get(PARENT_TAG) if parent else None
-        if parent_id and status == "FINISHED":  # the parent is as finished as its latest child
-            self._guard("end parent run", self.client.set_terminated, parent_id, "FINISHED")
+        if self._has_run():
+            self._online(force=True)  # the last chance of this process: the backlog first, in order
+            self._call("end run", {"op": "end", "run": self.run_id, "status": status})
+            self._say_pending()
+
+    def _say_pending(self) -> None:
+        if self._down:
+            tqdm.write(f"tracking: {len(self.spool)} calls wait in {self.spool} for MLflow at {redact(self.uri)}; "
+                       "`ddfp evaluate` of this run sends them")
 
 
-def _note(cfg: Config, info: RunInfo) -> str:
-    return (f"{cfg.train.method} on {cfg.data.dataset}, {info.split} labels, seed {cfg.train.seed} "
-            f"(profile {cfg.profile}); eps {cfg.perturb.eps}, threshold {cfg.train.conf_thresh}")
+def _first_line(err: Exception) -> str:
+    return redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
 
 
-def open_tracker(cfg: Config, rank: int = 0) -> MlflowTracker | NullTracker:
-    """The tracker of this process: MLflow on rank 0 when tracking is enabled, else a null tracker."""
+def open_tracker(cfg: Config, rank: int = 0, run_dir: Path | None = None) -> MlflowTracker | NullTracker:
+    """The tracker of this process: MLflow on rank 0 when tracking is enabled, else a null tracker.
+    run_dir (the training's directory) holds what an outage kept from being sent."""
     if rank != 0 or not cfg.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(tracking_uri(cfg))
+    return MlflowTracker(tracking_uri(cfg), run_dir)
 
 
 def write_config_artifact(cfg: Config, tracker: Tracker) -> None:
@@ -269,5 +316,7 @@ def write_config_artifact(cfg: Config, tracker: Tracker) -> None:
         tracker.log_artifact(path)
 
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "RunInfo", "open_tracker", "tracking_uri",
-           "experiment_name", "group_hash", "dvc_hashes", "run_params", "write_config_artifact"]
+# RunInfo and the identity helpers are re-exported: callers import tracking as one module.
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "RunInfo", "open_tracker", "tracking_uri", "project_dir",
+           "experiment_name", "group_hash", "dvc_hashes", "run_params", "write_config_artifact", "KIND_TAG",
+           "RECONNECT_S", "RUN_RECORD"]

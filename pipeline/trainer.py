@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ddfp.config import Config
 from ddfp.schedule import flow_lr
 from ddfp.step import Phase
-from pipeline import distributed
+from pipeline import distributed, runlock
 from pipeline.distributed import SINGLE, DistEnv
 from pipeline.tracking import (NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir,
                                write_config_artifact)
@@ -86,9 +86,16 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
     model) runs after each evaluation; it may raise to stop the run (a sweep's pruner).
     dist: this process's rank (pipeline.distributed.init); only rank 0 tracks, prints and saves.
     stop: an Event set by a signal handler: save at the next iteration boundary, raise Interrupted.
+    Rank 0 holds the run directory's lock throughout: a second writer gets a BusyError at once.
     """
+    with runlock.hold(paths.out_dir, enabled=dist.is_main):
+        return _fit(cfg, paths, tracker, progress, parent_run_id, on_eval, dist, stop)
+
+
+def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, parent_run_id: str | None,
+         on_eval: Callable[[int, float], None] | None, dist: DistEnv, stop: Any) -> dict[str, Any]:
     device = dist.device(cfg.train.device)
-    tracker = tracker or (open_tracker(cfg) if dist.is_main else NullTracker())
+    tracker = tracker or (open_tracker(cfg, run_dir=paths.out_dir) if dist.is_main else NullTracker())
     tr = Trainer(cfg, paths, tracker, device, dist)
     tr.on_eval, tr.stop = on_eval, stop
     progress = progress and dist.is_main

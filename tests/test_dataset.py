@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddfp.data.dataset import SegDataset, read_split_file
+from ddfp.data.dataset import SampleReadError, SegDataset, read_split_file
 from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 NUM_CLASSES = 5
@@ -102,3 +103,26 @@ def test_read_split_file(tmp_path: Path) -> None:
     path.write_text("a b c\n")
     with pytest.raises(ValueError, match="list.txt:1"):
         read_split_file(path)
+
+
+def _truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("broken", ["truncated jpeg", "garbage jpeg", "truncated mask"])
+def test_a_file_that_does_not_decode_is_named(root: Path, broken: str) -> None:
+    image = np.asarray(Image.open(root / "img" / "0.png"))
+    Image.fromarray(image).save(root / "img" / "0.jpg", quality=95)
+    lines = [("img/0.jpg", "ann/0.png")]
+    if broken == "truncated jpeg":
+        bad = _truncated(root / "img" / "0.jpg")
+    elif broken == "garbage jpeg":
+        bad = root / "img" / "0.jpg"
+        bad.write_bytes(b"\xff\xd8 not a jpeg at all" * 20)
+    else:
+        bad = _truncated(root / "ann" / "0.png")
+    for mode in ("labeled", "val"):
+        with pytest.raises(SampleReadError, match=re.escape(str(bad))):
+            _dataset(root, mode, lines=lines)[0]

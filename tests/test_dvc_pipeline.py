@@ -1,4 +1,5 @@
-"""`dvc repro` of the smoke profile in a real git repo: stages, caching, params, kill and resume."""
+"""`dvc repro` of the smoke profile in a real git repo: stages, caching, params, code deps, kill and
+resume; and the stages' code deps checked against what their commands import."""
 
 import json
 import os
@@ -8,13 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ddfp import config
+from pipeline.inputs import resolve_inputs
+from pipeline.run_state import RESUME_INDEPENDENT
+
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 
 def run(cmd, cwd, env, check=True, **kw):
@@ -34,7 +40,9 @@ def project(tmp_path_factory):
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    # PYTHONPATH: the stages run the copy's code (the venv's editable install points at this checkout).
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(dest)}
     run(["ddfp", "profile", "smoke"], dest, env)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"]["crop_size"] = 32
@@ -49,6 +57,7 @@ def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+@slow
 def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     dest, env = project
     first = run(["dvc", "repro"], dest, env).stdout
@@ -70,6 +79,7 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     (dest / "params.yaml").write_text(params)
 
 
+@slow
 def test_killed_training_resumes_from_its_checkpoint(project):
     dest, env = project
     run(["dvc", "repro"], dest, env)  # everything current (a no-op after the test above)
@@ -89,3 +99,128 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     assert "train@16" not in ran_stages(out.stdout)
     resumed = json.loads((dest / "metrics" / "8.json").read_text())
     assert resumed["val_miou"] == reference["val_miou"] and resumed["iterations"] == reference["iterations"]
+
+
+def changed_stages(dest, env) -> set[str]:
+    status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
+    return {name for name in status if not name.endswith(".dvc")}
+
+
+@contextmanager
+def appended(path: Path, line: str):
+    """The file with one more line, restored byte for byte afterwards."""
+    original = path.read_bytes()
+    path.write_bytes(original + line.encode())
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+# The stages that run the method's code (evaluate rebuilds the model from ddfp/ too).
+METHOD_STAGES = {"train@8", "train@16", "evaluate@8", "evaluate@16"}
+
+
+@slow
+def test_a_code_edit_marks_exactly_the_stages_that_run_that_code(project):
+    dest, env = project
+    run(["dvc", "repro"], dest, env)  # everything current (a no-op after the tests above)
+    assert changed_stages(dest, env) == set()
+    with appended(dest / "ddfp" / "step.py", "# a comment\n"):
+        assert changed_stages(dest, env) == METHOD_STAGES
+    with appended(dest / "pipeline" / "report.py", "# a comment\n"):
+        assert changed_stages(dest, env) == {"report"}
+    with appended(dest / "pipeline" / "weights.py", "# a comment\n"):
+        assert changed_stages(dest, env) == {"weights"}
+    assert changed_stages(dest, env) == set()
+
+
+@slow
+def test_settings_that_leave_the_weights_alone_retrain_nothing(project):
+    dest, env = project
+    params = (dest / "params.yaml").read_text()
+    for key in ("log_every", "ckpt_every", "eval_every"):
+        assert re.search(rf"^  {key}: \d+$", params, re.M), key
+    edited = re.sub(r"^  (log_every|ckpt_every|eval_every): \d+$", r"  \1: 7", params, flags=re.M)
+    (dest / "params.yaml").write_text(edited.replace("launcher: local", "launcher: slurm"))
+    try:
+        assert not changed_stages(dest, env) & METHOD_STAGES
+    finally:
+        (dest / "params.yaml").write_text(params)
+
+
+@slow
+def test_a_sweep_s_inputs_come_from_dvc_or_a_folder_of_their_own(project):
+    dest, env = project
+    data = dest / "data"
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    own = config.load(dest / "params.yaml")  # the pipeline's profile: DVC's outputs, confirmed by `dvc repro`
+    assert resolve_inputs(own, ["8"], root=dest).splits == data / "splits"
+    other = config.replace(own, {"data.split_seed": 1})  # what `ddfp sweep --set data.split_seed=1` needs
+    got = resolve_inputs(other, ["8"], root=dest)
+    assert got.splits.parent.parent == data / "profiles" and (got.splits / "8" / "labeled.txt").is_file()
+    assert {p: p.read_bytes() for p in before} == before and changed_stages(dest, env) == set()
+
+
+@slow
+def test_a_method_edit_retrains_from_scratch(project):
+    """A finished checkpoint of other code is not "found finished": DVC reruns the stage and it trains.
+    Last in the module: it leaves train@8 locked with the edited code."""
+    dest, env = project
+    log = dest / "runs" / "8" / "train_log.json"
+    before = log.stat().st_mtime_ns
+    with appended(dest / "ddfp" / "step.py", "# a comment\n"):
+        out = run(["dvc", "repro", "train@8"], dest, env)
+        assert ran_stages(out.stdout) == {"train@8"}
+        assert "resumed" not in out.stdout + out.stderr
+        assert log.stat().st_mtime_ns != before  # trained again, not found finished
+        assert "train@8" not in changed_stages(dest, env)
+
+
+# The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* functions).
+STAGE_MODULES = {"download": ["pipeline.download", "pipeline.prepare"], "splits": ["pipeline.splits"],
+                 "weights": ["pipeline.weights"], "train": ["pipeline.trainer", "pipeline.slurm"],
+                 "evaluate": ["pipeline.evaluation_stage"], "report": ["pipeline.report"]}
+# In ddfp/ but not imported by train/evaluate: the dataset generator, whose output reaches them
+# through data/dataset anyway (listing ddfp/ whole keeps their lists short).
+FOLDER_EXTRAS = {"ddfp/data/synthetic.py"}
+IMPORTED = """
+import importlib, sys
+from pathlib import Path
+root = Path.cwd()
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+print("\\n".join(sorted(str(f.relative_to(root)) for f in files if f.parent.is_relative_to(root / "ddfp")
+                   or f.parent == root / "pipeline")))
+"""
+
+
+def imported_code(modules: list[str]) -> set[str]:
+    """Project files a fresh interpreter loads for `modules`, minus packages' empty __init__.py."""
+    out = subprocess.run([sys.executable, "-c", IMPORTED, *modules], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    return {f for f in out if not (f.endswith("__init__.py") and not (ROOT / f).read_text().count("import"))}
+
+
+def test_each_stage_lists_exactly_the_code_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, modules in STAGE_MODULES.items():
+        deps = stages[name].get("do", stages[name])["deps"]
+        code = {d for d in deps if d.startswith(("ddfp", "pipeline"))}
+        imported = imported_code(modules)
+        folders = {d for d in code if (ROOT / d).is_dir()}
+        uncovered = {f for f in imported if f not in code and not any(f.startswith(f"{d}/") for d in folders)}
+        assert not uncovered, f"dvc.yaml stage {name}: add {sorted(uncovered)} to its deps"
+        stale = {d for d in code if d not in imported and not any(f.startswith(f"{d}/") for f in imported)}
+        assert not stale, f"dvc.yaml stage {name}: {sorted(stale)} listed but not imported"
+        for folder in folders:  # a folder is listed only where all of it is imported
+            whole = {str(f.relative_to(ROOT)) for f in (ROOT / folder).rglob("*.py")}
+            assert whole - imported <= {f for f in whole if f.endswith("__init__.py")} | FOLDER_EXTRAS, (name, folder)
+
+
+def test_the_train_stage_reads_every_train_value_that_can_change_a_run():
+    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["params"]
+    keys = {k for k in config.load(profile="smoke").flat() if k.startswith("train.")}
+    independent = {k for k in keys if k.startswith(RESUME_INDEPENDENT)} - {"train.max_iters"}
+    assert set(train) & keys == keys - independent

@@ -153,6 +153,51 @@ def test_part_already_complete_is_verified_not_refetched(server: FileServer, big
     assert dest.read_bytes() == big.read_bytes()
 
 
+def _cut_unpinned(server: FileServer, tmp_path: Path) -> Path:
+    """A .part of big.bin (no checksum configured) left by a cut connection; returns the dest."""
+    server.cut_once("big.bin")
+    dest = tmp_path / "out" / "big.bin"
+    with pytest.raises(DownloadError, match="big.bin"):
+        download(server.url("big.bin"), dest, retries=0)
+    assert 0 < dest.with_name("big.bin.part").stat().st_size < 300_000
+    return dest
+
+
+@pytest.mark.parametrize("honour_if_range", [True, False])
+def test_unpinned_part_of_a_changed_file_is_restarted(server: FileServer, big: Path, tmp_path: Path,
+                                                      honour_if_range: bool) -> None:
+    dest = _cut_unpinned(server, tmp_path)
+    big.write_bytes(os.urandom(300_000))  # the server's file changed since the part was started
+    os.utime(big, (1e9, 1e9))
+    server.honour_if_range = honour_if_range  # False: the client must notice the changed ETag itself
+    download(server.url("big.bin"), dest, retries=0)
+    assert dest.read_bytes() == big.read_bytes()
+    assert not list(dest.parent.glob("big.bin.part*"))
+
+
+def test_unpinned_part_of_the_same_file_still_resumes(server: FileServer, big: Path, tmp_path: Path) -> None:
+    dest = _cut_unpinned(server, tmp_path)
+    received = dest.with_name("big.bin.part").stat().st_size
+    download(server.url("big.bin"), dest, retries=0)
+    last = server.requests[-1].headers
+    assert last["Range"] == f"bytes={received}-" and last["If-Range"].startswith('"')
+    assert len(server.requests) == 2 and dest.read_bytes() == big.read_bytes()
+
+
+def test_unpinned_part_without_validators_restarts_from_zero(server: FileServer, big: Path, tmp_path: Path) -> None:
+    server.validators = False  # nothing tells the client the bytes on the server are the same
+    dest = _cut_unpinned(server, tmp_path)
+    download(server.url("big.bin"), dest, retries=0)
+    assert "Range" not in server.requests[-1].headers and dest.read_bytes() == big.read_bytes()
+
+
+def test_unpinned_part_with_no_record_restarts_from_zero(server: FileServer, big: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "big.bin"
+    dest.with_name("big.bin.part").write_bytes(b"bytes of who knows what")
+    download(server.url("big.bin"), dest, retries=0)
+    assert "Range" not in server.requests[-1].headers and dest.read_bytes() == big.read_bytes()
+
+
 def test_missing_checksum_warns_with_the_sha256_to_pin(server: FileServer, big: Path, tmp_path: Path,
                                                         caplog) -> None:
     with caplog.at_level(logging.WARNING):

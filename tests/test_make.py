@@ -2,8 +2,10 @@
 otherwise ends by naming every service test it skipped and the command that runs them."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,16 @@ def _as_nobody(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_without_root_the_installer_says_what_it_cannot_install(tmp_path):
-    # A PATH without the daemons, as on a fresh developer machine.
-    res = _as_nobody(["sh", "tools/install_services.sh"], PATH="/usr/bin:/bin", HOME=str(tmp_path))
+def test_without_root_the_installer_says_what_it_cannot_install():
+    # A PATH with only the shell and `id`: none of the daemons, no sudo, as on a fresh developer
+    # machine (in a folder 'nobody' can read: pytest's own tmp_path is private to root).
+    with tempfile.TemporaryDirectory() as tmp:
+        bin_dir = Path(tmp) / "bin"
+        bin_dir.mkdir()
+        for tool in ("sh", "id"):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+        Path(tmp).chmod(0o755)
+        res = _as_nobody([str(bin_dir / "sh"), "tools/install_services.sh"], PATH=str(bin_dir), HOME=tmp)
     assert res.returncode == 0, res.stderr
     assert "slurm-wlm" in res.stderr and "sudo make test" in res.stderr
 

@@ -163,7 +163,7 @@ def test_cancelled_job_fails_ddfp_submit_clearly(cluster, data, tmp_path):
     subprocess.run(["scancel", job_id], check=True)
     _, err = proc.communicate(timeout=120)
     print(f"cancelled job reported after {time.time() - t0:.1f} s: {err.strip().splitlines()[-1]}")
-    assert proc.returncode == 2 and "Traceback" not in err
+    assert proc.returncode == 4 and "Traceback" not in err  # a failed job: EXIT_JOB
     assert f"SLURM job {job_id}" in err and "CANCELLED" in err and f"{job_id}_0_log.out" in err
 
 

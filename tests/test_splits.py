@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from ddfp import config
 from ddfp.data.dataset import read_split_file
 from ddfp.data.masks import classes_present, read_mask
 from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
+from pipeline.errors import DataError
 from pipeline.prepare import write_synthetic
 from pipeline.splits import read_published, run_splits
 
@@ -104,19 +108,19 @@ def test_published_unimatch_format_is_accepted(pascal_root: Path, tmp_path: Path
 
 def test_missing_id_is_named(pascal_root: Path, tmp_path: Path) -> None:
     _publish(pascal_root, "tiny", PASCAL_IDS[:2] + ["2099_999999"], PASCAL_IDS[2:9], PASCAL_IDS[9:])
-    with pytest.raises(FileNotFoundError, match="labeled.txt: 2099_999999"):
+    with pytest.raises(DataError, match="labeled.txt: 2099_999999: .* does not exist"):
         run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
 
 
 def test_overlap_is_named(pascal_root: Path, tmp_path: Path) -> None:
     _publish(pascal_root, "tiny", PASCAL_IDS[:3], PASCAL_IDS[2:9], PASCAL_IDS[9:])
-    with pytest.raises(ValueError, match="share 1 images, e.g. 2007_000002"):
+    with pytest.raises(DataError, match="share 1 images, e.g. 2007_000002"):
         run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
 
 
 def test_published_counts_are_checked(pascal_root: Path, tmp_path: Path) -> None:
     _publish(pascal_root, "92", PASCAL_IDS[:2], PASCAL_IDS[2:9], PASCAL_IDS[9:])
-    with pytest.raises(ValueError, match="split 92 has 2 labelled / 7 unlabelled images, published 92 / 10490"):
+    with pytest.raises(DataError, match="split 92 has 2 labelled / 7 unlabelled images, published 92 / 10490"):
         run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["92"]}), pascal_root, tmp_path / "s")
 
 
@@ -128,17 +132,76 @@ def test_cityscapes_line_maps_to_train_ids(tmp_path: Path) -> None:
         "gtFine/train/jena/jena_000078_000019_gtFine_labelTrainIds.png",
     )]
     path.write_text("2007_000032\n")
-    with pytest.raises(ValueError, match="labeled.txt:1"):
+    with pytest.raises(DataError, match="labeled.txt:1"):
         read_published(path, get_spec("cityscapes"))
 
 
 def test_duplicate_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "unlabeled.txt"
     path.write_text("2007_000032\n2007_000033\n2007_000032\n")
-    with pytest.raises(ValueError, match="2007_000032.jpg is listed twice"):
+    with pytest.raises(DataError, match="2007_000032.jpg is listed twice"):
         read_published(path, get_spec("pascal"))
 
 
 def test_published_name_without_its_lists_is_refused(pascal_root: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="split 1464 is a published pascal split"):
         run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["1464"]}), pascal_root, tmp_path / "s")
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _break_files(root: Path) -> list[Path]:
+    """A truncated JPEG, a garbage JPEG, a truncated mask and a mask with a non-class value."""
+    spec = get_spec("pascal")
+    noise = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    truncated = root / spec.image_dir / f"{PASCAL_IDS[0]}.jpg"
+    Image.fromarray(noise).save(truncated)
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / spec.mask_dir / f"{PASCAL_IDS[0]}.png")
+    _truncate(truncated)
+    garbage = root / spec.image_dir / f"{PASCAL_IDS[3]}.jpg"
+    garbage.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG" * 10)
+    cut_mask = root / spec.mask_dir / f"{PASCAL_IDS[5]}.png"
+    Image.fromarray(noise[..., 0] % 21).save(cut_mask)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / spec.image_dir / f"{PASCAL_IDS[5]}.jpg")
+    _truncate(cut_mask)
+    bad_values = root / spec.mask_dir / f"{PASCAL_IDS[10]}.png"
+    Image.fromarray(np.full((4, 6), 99, np.uint8)).save(bad_values)
+    return [truncated, garbage, cut_mask, bad_values]
+
+
+def test_every_undecodable_file_is_named_in_one_error(pascal_root: Path, tmp_path: Path) -> None:
+    bad = _break_files(pascal_root)
+    with pytest.raises(DataError) as err:
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny", "4"]}), pascal_root, tmp_path / "s")
+    message = str(err.value)
+    assert all(str(path) in message for path in bad), message
+    assert "mask values [99]" in message and message.count(str(bad[0])) == 1  # named once, not per split
+    assert not (tmp_path / "s").exists()
+
+
+def test_ddfp_splits_names_every_bad_file_and_exits_3(pascal_root: Path, tmp_path: Path) -> None:
+    bad = _break_files(pascal_root)
+    ddfp = Path(sys.executable).parent / "ddfp"
+    out = tmp_path / "s"
+    run = subprocess.run([str(ddfp), "splits", "--profile", "smoke", "--set", "data.dataset=pascal",
+                          "--set", "data.splits=[tiny]", "--data", str(pascal_root), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.startswith("ddfp splits: error: ") and "Traceback" not in run.stderr
+    assert all(str(path) in run.stderr for path in bad), run.stderr
+    assert not out.exists() and not list(tmp_path.glob(".s.*"))
+
+
+@pytest.mark.parametrize("entry", ["/etc/hostname", "../outside.jpg", "JPEGImages/../../outside.jpg"])
+def test_paths_leaving_the_data_root_are_refused(pascal_root: Path, tmp_path: Path, entry: str) -> None:
+    (tmp_path / "outside.jpg").write_bytes((pascal_root / "JPEGImages" / f"{PASCAL_IDS[0]}.jpg").read_bytes())
+    folder = pascal_root / "published_splits" / "tiny"
+    lines = [f"JPEGImages/{PASCAL_IDS[0]}.jpg SegmentationClassAug/{PASCAL_IDS[0]}.png",
+             f"{entry} SegmentationClassAug/{PASCAL_IDS[1]}.png"]
+    (folder / "labeled.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=f"{re.escape(entry)}: leaves the data root"):
+        run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
+    assert not (tmp_path / "s").exists()

@@ -20,6 +20,7 @@ from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
 from pipeline.tracking import dvc_hashes, group_hash
+from pipeline.tracking_spool import Spool
 from pipeline.trainer import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,73 @@ def test_training_finishes_with_one_warning_when_the_server_is_down(tiny_data, t
     err = capsys.readouterr()
     assert (err.out + err.err).count("MLflow tracking at http://127.0.0.1") == 1
     assert (tmp_path / "run" / "train_log.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_a_server_blink_mid_run_loses_no_metrics(mlflow_server, tracking_to, tiny_data, tmp_path, capsys):
+    # The real server goes away after the first evaluation and comes back (same port, same store)
+    # after the second: what training logged in between reaches MLflow, with one warning.
+    # Batches of 8: 5 iterations an epoch, evaluations at 5 and 10; the supervised method is the
+    # cheapest step (tracking does not depend on it).
+    tracking_to(mlflow_server.url)
+    cfg = tiny_cfg(**{"train.batch_size": 8, "train.max_iters": 10, "train.seed": 31, "train.ckpt_every": 100,
+                      "train.method": "supervised"})
+
+    def blink(epoch: int, miou: float) -> None:
+        if epoch == 1:
+            mlflow_server.stop()
+        elif epoch == 2:
+            mlflow_server.start()
+
+    try:
+        summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False, on_eval=blink)
+    finally:
+        if mlflow_server.proc.poll() is not None:
+            mlflow_server.start()
+    out = capsys.readouterr()
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [2, 4, 6, 8, 10]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou_student")] == [5, 10]
+    assert (out.out + out.err).count("warning: MLflow tracking") == 1, out.out + out.err
+    assert "answers again" in out.out + out.err
+    assert not (tmp_path / "run" / "tracking_pending.jsonl").exists()
+
+
+def test_the_spool_survives_a_kill_in_the_middle_of_a_line(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append({"op": "metrics", "step": 1})
+    spool.append({"op": "metrics", "step": 2})
+    with open(tmp_path / "tracking_pending.jsonl", "a") as fh:
+        fh.write('{"op": "metr')  # what a SIGKILL during the third write leaves
+    assert [e["step"] for e in spool.read()] == [1, 2]
+    reopened = Spool(tmp_path)  # the next process: its entries start on a line of their own
+    reopened.append({"op": "metrics", "step": 3})
+    assert [e["step"] for e in reopened.read()] == [1, 2, 3]
+    spool.replace([])
+    assert not (tmp_path / "tracking_pending.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_a_training_that_never_reached_the_server_is_sent_by_evaluate(mlflow_server, tiny_data, tmp_path):
+    cfg = tiny_cfg(**{"train.max_iters": 4, "train.seed": 32, "tracking.uri": f"http://127.0.0.1:{free_port()}"})
+    run_dir = tmp_path / "run"
+    assert fit(cfg, paths(tiny_data, run_dir), progress=False)["run_id"] is None
+    assert (run_dir / "tracking_pending.jsonl").is_file()
+    # The server answers now (in a real outage: the same URL, back up).
+    back = config.replace(cfg, {"tracking.uri": mlflow_server.url})
+    metrics = run_evaluate(back, run_dir / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
+                           tmp_path / "metrics" / "8.json")
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(metrics["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "synthetic-8-ddfp-seed32"
+    assert run.data.params["perturb.eps"] == "4.0" and run.data.tags["split"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [2, 4]
+    assert "val_miou" in run.data.metrics
+    assert not (run_dir / "tracking_pending.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -29,6 +29,15 @@ Mode = Literal["labeled", "unlabeled", "val"]
 Key = int | tuple[int, int]
 
 
+class SampleReadError(ValueError):
+    """A listed image or mask does not decode; the message names the file (PIL's often does not)."""
+
+
+def _unreadable(path: Path, err: Exception) -> SampleReadError:
+    message = str(err) if str(path) in str(err) else f"{path}: cannot decode: {err}"
+    return SampleReadError(message)
+
+
 def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
     """Lines 'image [mask]' -> [(image, mask or None)]; blank lines skipped, anything else refused."""
     lines: list[tuple[str, str | None]] = []
@@ -91,13 +100,20 @@ class SegDataset(Dataset):
         return self._sample(key)
 
     def _image(self, index: int) -> tv_tensors.Image:
-        with Image.open(self.root / self.lines[index][0]) as image:
-            array = np.asarray(image.convert("RGB"))
+        path = self.root / self.lines[index][0]
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as err:  # a truncated JPEG raises OSError("Truncated File Read")
+            raise _unreadable(path, err) from err
         return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
 
     def _mask(self, index: int, image: tv_tensors.Image) -> tv_tensors.Mask:
         mask_path = self.root / str(self.lines[index][1])
-        mask = read_mask(mask_path, self.num_classes)
+        try:
+            mask = read_mask(mask_path, self.num_classes)
+        except (OSError, ValueError) as err:
+            raise _unreadable(mask_path, err) from err
         if mask.shape != tuple(image.shape[-2:]):
             raise ValueError(f"{mask_path}: mask is {mask.shape}, its image {tuple(image.shape[-2:])}")
         return tv_tensors.Mask(torch.from_numpy(mask))

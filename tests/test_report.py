@@ -1,0 +1,117 @@
+"""`ddfp report`: the table of exactly the runs the evaluate stage wrote to metrics/, each with its own
+configuration; a missing split is named; MLflow is never read."""
+
+import json
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
+from test_trainer import tiny_cfg as untracked_cfg
+
+from ddfp import config
+from pipeline.evaluation_stage import run_evaluate
+from pipeline.report import write_report
+from pipeline.trainer import RunPaths, fit
+
+
+def smoke(**overrides):
+    return config.replace(config.load(profile="smoke"), {"tracking.enabled": True, **overrides})
+
+
+def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2):
+    """metrics/<split>.json and .run.json in the format run_evaluate writes (checked against it below)."""
+    iou = {"background": miou + 1, "stripes": miou - 1}
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"{split}.json").write_text(json.dumps({
+        "val_miou": miou, "reported_model": "teacher", "method": "ddfp", "split": split, "dataset": "synthetic",
+        "seed": seed, "iterations": 40, "run_id": run_id, "val_miou_student": miou - 2, "val_miou_teacher": miou,
+        "per_class_iou": iou}))
+    (metrics_dir / f"{split}.run.json").write_text(json.dumps({
+        "run_id": run_id, "split": split, "iterations": 40, "reported_model": "teacher",
+        "config": {"data.dataset": "synthetic", "profile": "smoke", "train.method": "ddfp", "train.seed": seed,
+                   "model.backbone": "mobilenet_v2", "perturb.eps": eps, "train.conf_thresh": 0.95},
+        "history": [{"iteration": 20, "loss": 1.5}, {"iteration": 40, "loss": 1.1}],
+        "evals": [{"epoch": 1, "iteration": 20, "val_miou_student": miou - 5},
+                  {"epoch": 2, "iteration": 40, "val_miou_student": miou - 2, "val_miou_teacher": miou}]}))
+
+
+def run_row(text, run_id):
+    """The cells of the 'Runs' table row naming run_id."""
+    line = next(line for line in text.splitlines() if run_id in line)
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def finished_run(client, exp, eps, miou):
+    tags = {"ddfp_kind": "train", "profile": "smoke", "split": "8", "method": "ddfp", "seed": "2"}
+    run = client.create_run(exp, tags=tags)
+    client.log_batch(run.info.run_id, metrics=[Metric("val_miou", miou, 0, 40)],
+                     params=[Param("perturb.eps", str(eps))])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_the_report_shows_the_run_of_the_metrics_file_not_the_newest_mlflow_run(tmp_path, monkeypatch):
+    # The pipeline's eps=4 run, then a sensitivity run at eps=16 of the same split, method and seed,
+    # finished later in the same store: the report is what the evaluate stage wrote, the eps=4 run.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synthetic")
+    pipeline_run = finished_run(client, exp, 4.0, 27.68)
+    finished_run(client, exp, 16.0, 11.11)
+    write_evaluated(tmp_path / "metrics", "8", pipeline_run, eps=4.0, miou=27.68)
+    # The current configuration says eps 1: neither run's value may be printed as theirs.
+    out = write_report(smoke(**{"data.splits": ["8"], "perturb.eps": 1.0}), tmp_path / "metrics",
+                       tmp_path / "reports" / "results.md")
+    text = out.read_text()
+    assert "27.68" in text and "11.11" not in text, text
+    row = run_row(text, pipeline_run)
+    assert row[:5] == ["8", "ddfp", "2", "4.0", "0.95"], row
+    assert "eps 1.0" not in text
+    assert {"miou_vs_labels.png", "class_iou.png", "training_curves.png"} <= {p.name for p in out.parent.iterdir()}
+
+
+def test_a_missing_split_is_named_and_the_report_is_still_written(tmp_path):
+    write_evaluated(tmp_path / "metrics", "8", "run8", eps=4.0, miou=30.0)
+    (tmp_path / "metrics" / "32.json").write_text("{}")  # evaluated before .run.json existed: incomplete
+    cfg = smoke(**{"data.splits": ["8", "16", "32"]})
+    text = write_report(cfg, tmp_path / "metrics", tmp_path / "reports" / "results.md").read_text()
+    assert run_row(text, "run8")[0] == "8"
+    missing = [line for line in text.splitlines() if line.startswith("- split")]
+    assert len(missing) == 2, text
+    assert "16" in missing[0] and "16.json" in missing[0] and "dvc repro evaluate@16" in missing[0]
+    assert "32.run.json" in missing[1] and "32.json," not in missing[1] and "dvc repro evaluate@32" in missing[1]
+
+
+def test_nothing_evaluated_yet_still_writes_a_report_naming_every_split(tmp_path):
+    cfg = smoke(**{"data.splits": ["8", "16"]})
+    text = write_report(cfg, tmp_path / "metrics", tmp_path / "reports" / "results.md").read_text()
+    assert "dvc repro evaluate@8" in text and "dvc repro evaluate@16" in text
+
+
+@pytest.mark.slow
+def test_two_evaluated_runs_with_different_eps_each_show_their_own(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ids = {}
+    for eps in (4.0, 16.0):
+        cfg = untracked_cfg(**{"tracking.enabled": True, "train.max_iters": 4, "perturb.eps": eps})
+        out = tmp_path / f"run_eps{eps:g}"
+        run_ids[eps] = fit(cfg, paths(tiny_data, out), progress=False)["run_id"]
+        run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
+                     tmp_path / f"metrics_eps{eps:g}" / "8.json")
+    real, fixture = tmp_path / "metrics_eps4", tmp_path / "fixture"
+    write_evaluated(fixture, "8", "x", eps=4.0, miou=1.0)
+    m, f = (json.loads((d / "8.json").read_text()) for d in (real, fixture))
+    assert m.keys() == f.keys() and m["per_class_iou"].keys() == {"background", "stripes"} | m["per_class_iou"].keys()
+    run = json.loads((real / "8.run.json").read_text())
+    assert run["run_id"] == run_ids[4.0] and run["iterations"] == 4 and run["config"]["perturb.eps"] == 4.0
+    assert [set(r) for r in run["history"]] == [{"iteration", "loss"}] * 2
+    like = json.loads((fixture / "8.run.json").read_text())
+    assert run.keys() == like.keys() and run["config"].keys() == like["config"].keys()
+    current = untracked_cfg(**{"perturb.eps": 1.0, "data.splits": ["8"]})
+    for eps, run_id in run_ids.items():
+        text = write_report(current, tmp_path / f"metrics_eps{eps:g}", tmp_path / f"r{eps:g}" / "results.md").read_text()
+        assert run_row(text, run_id)[3] == str(eps), text
+        assert (tmp_path / f"r{eps:g}" / "training_curves.png").stat().st_size > 5_000
+
