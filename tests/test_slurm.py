@@ -117,10 +117,11 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(cluster, data, tmp_
     # each run (earlier than ~5 s would hit Python before submitit's handler exists). The run stops at
     # an iteration boundary on both ranks, saves and is requeued (submitit counts every USR2 as a
     # timeout below 50 min); each later run resumes where the previous one stopped.
-    # 64 iterations (7 epochs of 10) take ~50 s unloaded, longer than the latest USR2: the first run is cut;
-    # on a loaded machine more runs are needed, hence the generous requeue budget.
+    # 240 iterations (24 epochs of 10) take ~70 s on an idle machine (64 took 25 s there, finished
+    # before the first USR2), longer than the latest USR2: the first run is always cut; on a loaded
+    # machine more runs are needed, hence the generous requeue budget.
     cfg = smoke(tmp_path, **{"slurm.time_min": 2, "slurm.signal_delay_s": 75, "slurm.max_num_timeout": 20,
-                             "slurm.tasks_per_node": 2, "train.batch_size": 2, "train.epochs": 7, "train.max_iters": 64,
+                             "slurm.tasks_per_node": 2, "train.batch_size": 2, "train.epochs": 24, "train.max_iters": 240,
                              "train.log_every": 4})
     t0 = time.time()
     job = submit_training(cfg, {"8": run_paths(data, tmp_path / "run")})[0]
@@ -135,7 +136,7 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(cluster, data, tmp_
     assert starts >= 2 and "timed-out" in log
     resumed = [int(n) for n in re.findall(r"resumed \S+ at iteration (\d+)", log)]
     assert resumed and all(n > 0 for n in resumed)
-    assert result["iterations"] == 64
+    assert result["iterations"] == 240
 
 
 def test_job_array_over_two_splits(cluster, data, tmp_path):
