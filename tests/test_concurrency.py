@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import smoke_project
 import torch
-import yaml
 
 from ddfp import config
 from pipeline import checkpoint, runlock
@@ -144,29 +143,19 @@ def run_cmd(cmd, cwd, env, check=True):
     return res
 
 
+def _shrink(params: dict) -> None:
+    params["data"]["crop_size"] = 32
+    params["tracking"]["enabled"] = False
+    params["train"]["max_iters"] = 12
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git + DVC copy of the project on the smoke profile (32 px crops, 12 iterations), its data
     stages done."""
     dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(dest)}  # the copy's code, not the editable install's
-    run_cmd(["ddfp", "profile", "smoke"], dest, env)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"]["crop_size"] = 32
-    params["tracking"]["enabled"] = False
-    params["train"]["max_iters"] = 12
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-                ["dvc", "repro", "splits", "weights"]):
-        run_cmd(cmd, dest, env)
+    env = smoke_project(dest, _shrink)
+    run_cmd(["dvc", "repro", "splits", "weights"], dest, env)
     return dest, env
 
 

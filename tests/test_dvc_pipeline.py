@@ -4,7 +4,6 @@ resume; and the stages' code deps checked against what their commands import."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import smoke_project
 import yaml
 
 from ddfp import config
@@ -34,22 +34,7 @@ def run(cmd, cwd, env, check=True, **kw):
 def project(tmp_path_factory):
     """A fresh clone-like copy of the project, switched to the smoke profile (32 px crops)."""
     dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    # PYTHONPATH: the stages run the copy's code (the venv's editable install points at this checkout).
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(dest)}
-    run(["ddfp", "profile", "smoke"], dest, env)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"]["crop_size"] = 32
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        run(cmd, dest, env)
+    env = smoke_project(dest, lambda params: params["data"].update(crop_size=32))
     return dest, env
 
 

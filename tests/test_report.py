@@ -12,7 +12,7 @@ from test_trainer import tiny_cfg as untracked_cfg
 from ddfp import config
 from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import write_report
-from pipeline.trainer import RunPaths, fit
+from pipeline.trainer import fit
 
 
 def smoke(**overrides):

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import pickle
-import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import smoke_project
 from http_server import FileServer
 
 from ddfp import config
@@ -229,25 +227,19 @@ def mirror(tmp_path_factory):
 def project(tmp_path: Path, mirror: FileServer):
     """A fresh clone-like copy of the project (one split, 2 iterations) whose dataset comes from the mirror."""
     dest = tmp_path / "project"
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], ROOT, dict(os.environ)).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}", MIRROR_ENV: ENCODED}
-    assert run(["ddfp", "profile", "smoke"], dest, env).returncode == 0
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["data"].update(crop_size=32, splits=["8"])
-    params["train"]["max_iters"] = 2
     tar = mirror.root / "base" / "synthetic.tar"
-    params["download"].update(retries=0, files=[{"url": "https://origin.invalid/synthetic.tar", "dest": "synthetic.tar",
-                                                 "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(),
-                                                 "extract": True}])
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        assert run(cmd, dest, env).returncode == 0
+
+    def through_the_mirror(params: dict) -> None:
+        params["data"].update(crop_size=32, splits=["8"])
+        params["train"]["max_iters"] = 2
+        params["download"].update(retries=0, files=[{
+            "url": "https://origin.invalid/synthetic.tar", "dest": "synthetic.tar",
+            "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(), "extract": True}])
+
+    env = smoke_project(dest, through_the_mirror, {"MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
+                                                   MIRROR_ENV: ENCODED})
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    files = run(["git", "ls-files"], dest, env).stdout.split()
     committed = {rel: hashlib.sha256((dest / rel).read_bytes()).digest() for rel in files if (dest / rel).is_file()}
     return dest, env, params, committed
 
