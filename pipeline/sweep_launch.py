@@ -14,7 +14,7 @@ from typing import Any
 import submitit
 
 from ddfp.config import Config, ConfigError, from_mapping
-from pipeline.secrets import redact
+from pipeline.secrets import redact, refuse_literal_secret
 from pipeline.sweep import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
 from pipeline.sweep_outputs import write_outputs
 from pipeline.sweep_tracking import finish_parent_run, open_parent_run
@@ -68,19 +68,30 @@ class SweepJob(submitit.helpers.Checkpointable):
         return run_worker(from_mapping(tree), paths, parent, worker)
 
 
+def job_tree(cfg: Config) -> dict[str, Any]:
+    """The config a SLURM worker receives (pickled into the submitit folder): every URL password
+    redacted, and the storage as a ${VAR} reference the job expands from its own environment (SLURM
+    passes the submitter's on), so the folder never holds the password. A literal one is refused."""
+    from pipeline.slurm import job_config
+
+    if cfg.sweep.storage:
+        refuse_literal_secret(cfg.sweep.storage, "sweep.storage", "that would be pickled into the submitit folder")
+    tree = job_config(cfg)
+    url = storage_url(cfg)
+    if cfg.sweep.storage or redact(url) == url:
+        # The reference as written, or the default sqlite file resolved here (the job's cwd may differ);
+        # a password in $OPTUNA_STORAGE stays in the environment, where the job reads it.
+        tree["sweep"]["storage"] = url
+    return tree
+
+
 def _slurm_workers(cfg: Config, paths: SweepPaths, parent: str | None) -> None:
-    from pipeline.slurm import job_config, make_executor, wait
+    from pipeline.slurm import make_executor, wait
 
     if cfg.slurm.nodes != 1 or cfg.slurm.tasks_per_node != 1:
         raise ConfigError("slurm.nodes / slurm.tasks_per_node: a sweep worker is one process (multi-task DDP "
                           "trials are not supported); set both to 1")
-    url = storage_url(cfg)
-    if redact(url) != url and cfg.sweep.storage:
-        raise ConfigError("sweep.storage: holds a password, which would be pickled into the submitit folder; "
-                          "reference an environment variable (${VAR}) or set OPTUNA_STORAGE")
-    tree = job_config(cfg)  # every URL password redacted
-    if redact(url) == url:
-        tree["sweep"]["storage"] = url  # the default sqlite file, resolved here (the job's cwd may differ)
+    tree = job_tree(cfg)
     absolute = SweepPaths(*(Path(p).absolute() if p is not None else None for p in (
         paths.data_root, paths.split_dir, paths.weights, paths.runs, paths.reports)))
     n = cfg.sweep.workers

@@ -275,3 +275,19 @@ def test_trial_config_and_storage_kinds(tmp_path, monkeypatch):
     assert isinstance(journal, optuna.storages.JournalStorage) and (tmp_path / "sweep.log").exists()
     with pytest.raises(config.ConfigError, match="NOT_SET_VAR"):
         open_storage(config.replace(cfg, {"sweep.storage": "postgresql://u:${NOT_SET_VAR}@h/db"}))
+
+
+def test_a_slurm_sweep_pickles_the_storage_reference_never_the_password(monkeypatch):
+    # The documented form, a password read from the environment: the job gets the ${VAR} reference
+    # (SLURM passes the submitter's environment on) and the folder never holds the password.
+    from pipeline.sweep_launch import job_tree
+
+    monkeypatch.setenv("DDFP_PG_PASSWORD", "p@ss/w:rd")
+    ref = "postgresql+psycopg2://optuna:${DDFP_PG_PASSWORD}@127.0.0.1/optuna"
+    cfg = config.load(None, "smoke", {"sweep.storage": ref, "train.launcher": "slurm"})
+    tree = job_tree(cfg)
+    assert tree["sweep"]["storage"] == ref
+    assert "p@ss/w:rd" not in repr(tree)
+    literal = config.replace(cfg, {"sweep.storage": "postgresql+psycopg2://optuna:pw@127.0.0.1/optuna"})
+    with pytest.raises(config.ConfigError, match="sweep.storage"):
+        job_tree(literal)
