@@ -27,6 +27,9 @@ from ddfp.model.deeplab import upsample
 from ddfp.perturb import density_descending_delta, pixels_last
 
 
+DIAGNOSTICS_SEED = 0  # the diagnostics' own pixel subset; any fixed value keeps the training stream intact
+
+
 @dataclass(frozen=True)
 class Phase:
     semi: bool  # teacher pseudo-labels + CutMix + unlabelled loss
@@ -149,10 +152,12 @@ def _perturbation_logs(
     the mean per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
 
     The after-NLL reuses the perturbed branch's features on a num_samples subset: a diagnostic should
-    not cost another full flow pass.
+    not cost another full flow pass. The subset comes from a generator of its own, so whether (and how
+    often) diagnostics run never shifts the random stream that training draws from.
     """
     flat = confident.reshape(-1)
-    idx, weights = sample_pixels(flat, cfg.flow.num_samples)
+    own = torch.Generator(device=flat.device).manual_seed(DIAGNOSTICS_SEED)
+    idx, weights = sample_pixels(flat, cfg.flow.num_samples, own)
     after = flow.nll(pixels_last(feats_pt)[idx], None, weights).nll
     norms = pert.delta.float().norm(dim=1).reshape(-1)
     moved = flat if cfg.perturb.mask == "confident" else torch.ones_like(flat)

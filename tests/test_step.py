@@ -100,3 +100,16 @@ def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cf
     with torch.no_grad():
         logits = tr.models.teacher(make_batch(cfg, seed=4).img_x).logits
     assert torch.isfinite(logits).all()
+
+
+def test_diagnostics_leave_the_random_stream_alone(smoke_cfg):
+    # train.log_every decides where diagnostics run; it must not change what is trained later, so
+    # the diagnostics may not draw from the global generator that later steps draw from.
+    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    after = []
+    for diagnostics in (True, False):
+        torch.manual_seed(0)
+        train_step(models, batch, DDFP, cfg, diagnostics=diagnostics)
+        after.append(torch.rand(4))
+    assert torch.equal(after[0], after[1])

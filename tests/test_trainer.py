@@ -54,6 +54,17 @@ def assert_same(a, b, path="state"):
 
 
 @pytest.mark.slow
+def test_log_every_does_not_change_the_weights(tiny_data, tmp_path):
+    # The DVC train stage leaves train.log_every out of its params and a checkpoint resumes across it:
+    # both rest on the logged iterations' diagnostics not touching what is trained.
+    for every, out in ((1, "a"), (7, "b")):
+        fit(tiny_cfg(**{"train.max_iters": 25, "train.log_every": every}), paths(tiny_data, tmp_path / out),
+            progress=False)
+    a, b = states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt")
+    assert_same({k: a[k] for k in ("student", "teacher", "flow")}, {k: b[k] for k in ("student", "teacher", "flow")})
+
+
+@pytest.mark.slow
 def test_resume_is_bit_exact(tiny_data, tmp_path):
     # 10 iterations per epoch: 25 iterations cross the supervised, flow and DDFP phases.
     straight = fit(tiny_cfg(**{"train.max_iters": 25}), paths(tiny_data, tmp_path / "a"), progress=False)
