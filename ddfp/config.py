@@ -1,7 +1,7 @@
 """One frozen, typed configuration for everything, built from params.yaml.
 
 Layers, later wins:
-  1. the field defaults below: the authors' values (Pascal VOC, ResNet-101, ../shared/ddfp_method.md);
+  1. the field defaults below: the authors' values for Pascal VOC with ResNet-101 (their released configs);
   2. a mapping (params.yaml, or a named profile from profiles/<name>.yaml over its parent);
   3. overrides ``key.sub=value`` (CLI ``--set``, sweep trials), parsed as YAML scalars.
 

@@ -1,4 +1,4 @@
-"""Density-descending feature perturbation (ddfp_method.md 1.9).
+"""Density-descending feature perturbation: the method's step on the decoder feature V.
 
 delta* = eps * g / |g|_2 per pixel, with g = d NLL_mixture(classifier(V + delta)) / d delta at delta = 0,
 the NLL summed over confident pixels. Ascending the NLL descends the density: features are pushed

@@ -10,8 +10,8 @@ def poly_lr(base: float, iteration: int, max_iters: int, power: float) -> float:
 
 
 def flow_lr(cfg: Config, epoch: int) -> float:
-    """StepLR per epoch decaying flow.lr by flow.lr_decay over the flow's epochs; unlike the authors
-    (defect 22) the first flow epoch runs at the full rate."""
+    """StepLR per epoch decaying flow.lr by flow.lr_decay over the flow's epochs; unlike the authors'
+    scheduler, which steps once before the flow ever trains, the first flow epoch runs at the full rate."""
     span = max(cfg.train.epochs - cfg.train.flow_start_epoch, 1)
     return cfg.flow.lr * cfg.flow.lr_decay ** (max(epoch - cfg.train.flow_start_epoch, 0) / span)
 

@@ -4,7 +4,7 @@ train_step builds the losses (with graphs) and detached diagnostics; the caller 
 backward, AMP, devices and the teacher update. No host-device sync happens here: diagnostics stay
 tensors until the caller decides to log them.
 
-Phases (ddfp_method.md 1.3): supervised only before `sup_only_epochs`; then semi-supervised with the
+Phases (the authors' schedule): supervised only before `sup_only_epochs`; then semi-supervised with the
 flow fitted from `flow_start_epoch`; the perturbation branch from `perturb_start_epoch`.
 `mean_teacher` is the same step without flow and perturbation, so ablations share one code path.
 """
@@ -97,7 +97,8 @@ def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: Config) -> tuple[
 
 def flow_step(flow: DensityEstimator, feats: Tensor, batch: Batch, cfg: Config) -> tuple[Tensor, Tensor]:
     """Fit data for the flow: labelled pixels class-conditionally, unpadded unlabelled pixels under
-    the mixture (the authors ignore the threshold here, defect 17), num_samples of them at random."""
+    the mixture (as the authors do: the confidence threshold
+    does not apply to the flow's data), num_samples of them at random."""
     size = feats.shape[-2:]
     lab_x = downsample_labels(batch.mask_x, size)
     pad_u = downsample_labels(batch.ignore_u, size) == IGNORE_INDEX

@@ -1,7 +1,7 @@
 """Mean teacher: a real exponential moving average of the student, sharing no storage with it.
 
 The authors' hand-off sets teacher `param.data = student param.data`, which aliases the tensors, so
-their later EMA writes are no-ops (ddfp_method.md 1.4). `mode: ema` is the paper's intent;
+their later EMA writes are no-ops. `mode: ema` is the paper's intent;
 `mode: student_bn` reproduces the released behaviour (teacher weights == student weights, own BN
 statistics) by copying, never by aliasing.
 """

@@ -65,7 +65,7 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
 
 def _start_tracking(tr: Trainer, parent_run_id: str | None) -> None:
     """Open the run (or reopen the checkpoint's run) unless the checkpoint is already finished."""
-    if tr.saved_done or tr.tracker.run_id is not None or not hasattr(tr.tracker, "start"):
+    if tr.saved_done or tr.tracker.run_id is not None:
         return
     p = tr.paths
     info = RunInfo(split=p.split_dir.name, world_size=tr.dist.world_size, device=str(tr.device),

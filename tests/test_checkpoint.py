@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_service
 import torch
 
 from ddfp import config
@@ -183,11 +184,11 @@ def tiny_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     if shutil.which("mount") is None:
-        pytest.skip("no `mount` command: cannot make a full disk")
+        require_service("no `mount` command: cannot make a full disk")
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
                          text=True)
     if res.returncode:
-        pytest.skip(f"mounting a 256 KB tmpfs is not permitted here ({res.stderr.strip()}): needs root")
+        require_service(f"mounting a 256 KB tmpfs is not permitted here ({res.stderr.strip()}): needs root")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)
 

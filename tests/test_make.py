@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ def test_the_test_target_installs_the_service_packages_first():
 
 def _as_nobody(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
-        pytest.skip("runs a command as the unprivileged user 'nobody' (needs root to switch)")
+        require_service("runs a command as the unprivileged user 'nobody' (needs root to switch)")
     return subprocess.run(["runuser", "-u", "nobody", "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 

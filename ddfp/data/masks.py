@@ -3,7 +3,7 @@
 One reader for every format we accept: VOC palette PNGs (SegmentationClass), single-channel index
 PNGs (SegmentationClassAug) and Cityscapes ``*_gtFine_labelTrainIds.png``. ``np.array(Image.open(p))``
 returns the stored indices for all three; ``.convert("L")`` would turn palette indices into
-luminance, i.e. wrong labels (defect 18 of the authors' code), so it is never used here.
+luminance, i.e. wrong labels (as the authors' loader does), so it is never used here.
 """
 
 from __future__ import annotations

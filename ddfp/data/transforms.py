@@ -1,4 +1,5 @@
-"""Joint image/mask augmentations (the authors' recipe, ../shared/ddfp_method.md 1.2) on transforms.v2.
+"""Joint image/mask augmentations on transforms.v2: the authors' recipe (random rescale 0.5-2, crop,
+flip; colour jitter, greyscale and blur on the strong view).
 
 Images are uint8 ``tv_tensors.Image`` (3xHxW) until normalisation; masks are uint8 ``tv_tensors.Mask``
 (HxW), which v2 resizes with nearest neighbour. All randomness comes from the global torch RNG, so a
@@ -89,6 +90,7 @@ def mask_to_long(mask: torch.Tensor) -> torch.Tensor:
 def padding_mask(height: int, width: int) -> tv_tensors.Mask:
     """An all-zero mask of the image's size: after train_geometry it is 255 exactly on padded pixels.
 
-    This is how unlabelled samples get their ignore mask without reading any label file (defect 19).
+    This is how unlabelled samples get their ignore mask without reading any label file (the authors read
+    a mask for unlabelled images too, which fails where none exists).
     """
     return tv_tensors.Mask(torch.zeros((height, width), dtype=torch.uint8))

@@ -21,7 +21,7 @@ from ddfp.flow.prior import UNLABELLED, GaussianMixturePrior
 
 class FixedPermutation(InvertibleModule):
     """Channel permutation drawn from a local generator (FrEIA's PermuteRandom reseeds NumPy's global
-    RNG, defect 25). Stored as a buffer, so checkpoints carry it."""
+    RNG, so it would change every other random draw). Stored as a buffer, so checkpoints carry it."""
 
     def __init__(self, dims_in, dims_c=None, seed: int = 0):
         super().__init__(dims_in, dims_c)

@@ -23,7 +23,7 @@ class DualBatchNorm2d(nn.Module):
 
         update_stats=False keeps the running statistics unchanged while still normalising with batch
         statistics in train mode: the perturbation search must not leave traces in the aux BN
-        (the authors' attack forward updates it, defect 15).
+        (the authors' attack forward updates it).
         """
         if n_main >= x.shape[0]:
             return self._normalise(self.main, x, update_stats)
