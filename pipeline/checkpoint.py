@@ -99,6 +99,9 @@ class _ImportRecorder(pickle.Unpickler):
         raise _Import(f"{module}.{name}")
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # how every torch.save file (a zip archive) starts
+
+
 def _code_asked_for(path: Path) -> str | None:
     """The code a checkpoint refused by weights_only asks to import, or None (it is merely damaged)."""
     try:
@@ -113,11 +116,15 @@ def _code_asked_for(path: Path) -> str | None:
     return None
 
 
-def _damage(err: Exception) -> str:
+def _damage(err: Exception, path: Path) -> str:
     if isinstance(err, EOFError):
         return "empty or cut short"
-    if isinstance(err, pickle.UnpicklingError):
-        return "not a torch checkpoint"
+    # Outside a zip archive torch's reader is a bare unpickler, and bytes that are no pickle stop
+    # it with whatever error the first bad opcode meets (IndexError, KeyError, ...): the one useful
+    # fact is then that the file is not a checkpoint. A damaged archive keeps its own reason.
+    with open(path, "rb") as fh:
+        if fh.read(4) != ZIP_MAGIC:
+            return "not a torch checkpoint"
     return f"damaged: {str(err).strip().split('. ')[0] or type(err).__name__}"
 
 
@@ -132,7 +139,7 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
         if asked:
             raise UntrustedCheckpoint(f"{path}: refused: not a plain checkpoint "
                                       f"(it asks to run code: {asked})") from None
-        raise DataError(f"{path}: cannot load it ({_damage(err)})") from None
+        raise DataError(f"{path}: cannot load it ({_damage(err, path)})") from None
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
     if missing:
         raise DataError(f"{path}: cannot load it (not a training checkpoint: missing {', '.join(missing)})")
