@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -81,6 +81,8 @@ class ModelConfig(_Section):
     output_stride: Literal[8, 16] = 16
     aspp_dilations: tuple[int, int, int] = (6, 12, 18)
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    head_channels: int = Field(default=256, ge=8, description="ASPP and classifier width (the flow's input "
+                               "dimension); the paper's 256, narrower only where a CPU budget needs it")
 
 
 class FlowConfig(_Section):
@@ -95,17 +97,33 @@ class FlowConfig(_Section):
     grad_clip: float = Field(default=50.0, gt=0)
     lr_decay: float = Field(default=0.01, gt=0, le=1, description="total LR factor over training")
     perm_seed: int = Field(default=0, ge=0)
+    fit_on: Literal["student", "teacher"] = Field(
+        default="student", description="student: the student's own detached clean main-pass features, the "
+        "distribution the perturbation search queries; teacher: the teacher's clean features (the previous "
+        "behaviour, far from the query with an eval-mode EMA teacher)")
 
 
 class PerturbConfig(_Section):
     eps: float = Field(default=4.0, ge=0)
     mask: Literal["confident", "all"] = "confident"
+    direction: Literal["density", "random"] = Field(
+        default="density", description="density: the flow's NLL gradient (DDFP); random: a random unit "
+        "direction per pixel with the same eps and mask, the control that isolates the density direction")
 
 
 class TeacherConfig(_Section):
     mode: Literal["ema", "student_bn"] = "ema"
     ema_decay: float = Field(default=0.999, ge=0, le=1)
     pseudo_label_mode: Literal["eval", "train"] = "eval"
+
+    @model_validator(mode="after")
+    def _student_bn_needs_train_mode(self) -> "TeacherConfig":
+        # student_bn copies the weights, never the buffers: only a train-mode teacher has BN
+        # statistics of its own; in eval mode they would stay at their initial values forever.
+        if self.mode == "student_bn" and self.pseudo_label_mode == "eval":
+            raise ValueError("teacher.mode: student_bn with teacher.pseudo_label_mode: eval never updates the "
+                             "teacher's BN statistics; use pseudo_label_mode: train")
+        return self
 
 
 class LossConfig(_Section):
@@ -136,6 +154,9 @@ class TrainConfig(_Section):
     ckpt_every: int = Field(default=200, ge=1, description="iterations between checkpoints")
     log_every: int = Field(default=20, ge=1, description="iterations between logged losses (one host sync)")
     max_iters: int | None = Field(default=None, ge=1, description="stop early (benchmarks, tests)")
+    iters_per_epoch: int | None = Field(
+        default=None, ge=1, description="null: |unlabelled| / (batch x processes), the authors' epoch; a number "
+        "gives every split the same iteration budget")
     launcher: Literal["local", "slurm"] = Field(
         default="local", description="local: this process (or torchrun's); slurm: `ddfp train` submits a job and waits"
     )
@@ -280,6 +301,10 @@ def _is_field(dotted: str) -> bool:
 
 class Config(_Section):
     profile: str = "pascal"
+    # The pipeline's method axis: `dvc repro` trains and evaluates each of these on every split
+    # (train.method is then set per run); the baseline beside DDFP makes the gain visible.
+    methods: list[Literal["supervised", "mean_teacher", "ddfp"]] = Field(
+        default_factory=lambda: ["supervised", "ddfp"], min_length=1)
     data: DataConfig = DataConfig()
     download: DownloadConfig = DownloadConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -293,6 +318,13 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     slurm: SlurmConfig = SlurmConfig()
     sweep: SweepConfig = Field(default_factory=SweepConfig)  # a factory: its validator needs Config
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError("each method once")
+        return methods
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe): what checkpoints and trackers store."""

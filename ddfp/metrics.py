@@ -27,3 +27,40 @@ def iou_per_class(cm: Tensor) -> Tensor:
 def mean_iou(cm: Tensor) -> float:
     """Mean over classes that occur (prediction or ground truth), in percent."""
     return float(torch.nanmean(iou_per_class(cm)) * 100)
+
+
+# What pseudo_label_counts returns, in order: integer counts that add up over batches, so the quality
+# of a whole image list is the quality of its summed counts (not a mean of per-batch ratios).
+PSEUDO_LABEL_COUNTS = ("valid", "confident", "correct", "foreground", "foreground_confident", "background_confident")
+
+
+def pseudo_label_counts(probs: Tensor, gt: Tensor, thresh: float, background: int | None = 0) -> Tensor:
+    """Pixel counts (PSEUDO_LABEL_COUNTS order) of the pseudo-labels that probs (B x C x H x W) give
+    against the ground truth gt (B x H x W; IGNORE_INDEX pixels count nowhere).
+
+    A pixel is confident when its top probability is strictly above thresh, as in training.
+    background: the background class index, or None when the dataset has none (every valid pixel is
+    then foreground)."""
+    conf, label = probs.float().max(dim=1)
+    valid = gt != IGNORE_INDEX
+    confident = valid & (conf > thresh)
+    foreground = valid if background is None else valid & (gt != background)
+    predicted_bg = torch.zeros_like(confident) if background is None else label == background
+    counts = (valid, confident, confident & (label == gt), foreground, foreground & confident,
+              confident & predicted_bg)
+    return torch.stack([c.sum() for c in counts]).long()
+
+
+def pseudo_label_quality(counts: Tensor) -> dict[str, float]:
+    """Counts -> confident share (of valid pixels), precision (of the confident ones), foreground
+    coverage (share of foreground pixels with a confident pseudo-label, right or wrong) and the
+    background share of the confident pixels (how much of the unlabelled loss teaches background).
+    A ratio over zero pixels is NaN."""
+    n = dict(zip(PSEUDO_LABEL_COUNTS, counts.tolist()))
+
+    def ratio(num: str, den: str) -> float:
+        return n[num] / n[den] if n[den] else float("nan")
+
+    return {"confident_share": ratio("confident", "valid"), "precision": ratio("correct", "confident"),
+            "fg_coverage": ratio("foreground_confident", "foreground"),
+            "bg_share": ratio("background_confident", "confident")}

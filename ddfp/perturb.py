@@ -7,6 +7,10 @@ towards low-density regions, where the decision boundary should not lie.
 mask="confident" (the paper, default): delta is zero outside confident pixels.
 mask="all" (the authors' code): every pixel keeps its normalised gradient; in train-mode BN every pixel
 gets one through the batch statistics, so every pixel moves by eps.
+
+direction="random" is the control that isolates the density direction: a Gaussian direction normalised
+over channels per pixel, the same eps and mask, drawn from the training RNG (it is part of training).
+eps = 0 gives delta == 0 exactly: the perturbation branch without a perturbation.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ddfp.model import DeepLabV3Plus
 @dataclass
 class Perturbation:
     delta: Tensor  # B x 304 x h x w, constant (no graph)
-    nll_before: Tensor  # scalar: mean mixture NLL of the confident features at delta = 0
+    nll_query: Tensor  # scalar: mean mixture NLL of the confident features where the gradient is taken
 
 
 def pixels_last(x: Tensor) -> Tensor:
@@ -32,23 +36,34 @@ def pixels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def density_descending_delta(
-    model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident: Tensor, eps: float, mask: str
-) -> Perturbation:
-    """One gradient step on the offset of V (detached), through the classifier's aux BN.
-
-    confident: B x h x w bool at feature resolution. The aux BN's running statistics are left
-    untouched (update_stats=False). Gradients go to delta only (autograd.grad), never to the flow or
-    the segmentation net.
-    """
-    delta = torch.zeros_like(v, requires_grad=True)
-    _, feats = model.classify(v.detach() + delta, n_main=0, update_stats=False)
+def query_nll(model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed, mean) mixture NLL of the confident pixels of classifier(v), as the search sees them:
+    aux BN with batch statistics (its running statistics untouched), dropout as in training."""
+    _, feats = model.classify(v, n_main=0, update_stats=False)
     logp = flow.log_prob(pixels_last(feats))
     weights = confident.reshape(-1).to(logp.dtype)
     nll_sum = -(logp * weights).sum()
-    (grad,) = torch.autograd.grad(nll_sum, delta)
-    direction = F.normalize(grad.float(), dim=1, eps=1e-12)
+    return nll_sum, nll_sum.detach() / weights.sum().clamp_min(1.0)
+
+
+def density_descending_delta(
+    model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident: Tensor, eps: float, mask: str,
+    direction: str = "density",
+) -> Perturbation:
+    """One gradient step on the offset of V (detached), through the classifier's aux BN.
+
+    confident: B x h x w bool at feature resolution. Gradients go to delta only (autograd.grad), never
+    to the flow or the segmentation net. The random direction still runs the query pass (without a
+    graph): both directions log nll_query and keep the search's cost and dropout draws.
+    """
+    delta = torch.zeros_like(v, requires_grad=direction == "density")
+    with torch.set_grad_enabled(direction == "density"):
+        nll_sum, nll_query = query_nll(model, flow, v.detach() + delta, confident)
+    if direction == "density":
+        (step,) = torch.autograd.grad(nll_sum, delta)
+    else:
+        step = torch.randn(v.shape, device=v.device)
+    unit = F.normalize(step.float(), dim=1, eps=1e-12)
     if mask == "confident":
-        direction = direction * confident[:, None].to(direction.dtype)
-    nll_before = nll_sum.detach() / weights.sum().clamp_min(1.0)
-    return Perturbation((eps * direction).to(v.dtype), nll_before)
+        unit = unit * confident[:, None].to(unit.dtype)
+    return Perturbation((eps * unit).to(v.dtype), nll_query)

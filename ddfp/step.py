@@ -6,6 +6,8 @@ tensors until the caller decides to log them.
 
 Phases (the authors' schedule): supervised only before `sup_only_epochs`; then semi-supervised with the
 flow fitted from `flow_start_epoch`; the perturbation branch from `perturb_start_epoch`.
+`perturb.direction: random` and `perturb.eps: 0` are the controls of the density direction: the same
+network, BN routing and loss weights.
 `mean_teacher` is the same step without flow and perturbation, so ablations share one code path.
 """
 
@@ -24,7 +26,7 @@ from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels, masked_ce, pseudo_labels
 from ddfp.model import DeepLabV3Plus
 from ddfp.model.deeplab import upsample
-from ddfp.perturb import density_descending_delta, pixels_last
+from ddfp.perturb import Perturbation, density_descending_delta, pixels_last, query_nll
 
 
 DIAGNOSTICS_SEED = 0  # the diagnostics' own pixel subset; any fixed value keeps the training stream intact
@@ -33,7 +35,7 @@ DIAGNOSTICS_SEED = 0  # the diagnostics' own pixel subset; any fixed value keeps
 @dataclass(frozen=True)
 class Phase:
     semi: bool  # teacher pseudo-labels + CutMix + unlabelled loss
-    fit_flow: bool  # train the density estimator on teacher features
+    fit_flow: bool  # train the density estimator (on the features flow.fit_on names)
     perturb: bool  # density-descending perturbation branch
 
     @staticmethod
@@ -85,23 +87,35 @@ def supervised_step(student: DeepLabV3Plus, batch: Batch, phase: Phase, cfg: Con
     return StepOutput(cfg.loss.sup * loss_sup, None, {"loss_sup": loss_sup.detach()})
 
 
-def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: Config) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher on [labelled ; weak unlabelled] -> (pseudo-labels, confidence, clean features)."""
+def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: Config) -> tuple[Tensor, Tensor]:
+    """Teacher on [labelled ; weak unlabelled] -> (pseudo-labels of the unlabelled half, clean features)."""
     teacher.train(cfg.teacher.pseudo_label_mode == "train")
     with torch.no_grad():
         out = teacher(torch.cat([batch.img_x, batch.img_u_w]))
     b = batch.img_x.shape[0]
-    labels, conf = pseudo_labels(out.logits[b:], cfg.train.conf_thresh, batch.ignore_u)
-    return labels, conf, out.feats
+    labels, _ = pseudo_labels(out.logits[b:], cfg.train.conf_thresh, batch.ignore_u)
+    return labels, out.feats
 
 
-def flow_step(flow: DensityEstimator, feats: Tensor, batch: Batch, cfg: Config) -> tuple[Tensor, Tensor]:
+@dataclass
+class FitData:
+    """What the flow is fitted on: 2B feature maps [labelled ; unlabelled] and the unlabelled half's
+    padding (IGNORE_INDEX) and pseudo-labels, all in the geometry of those features (mixed or not)."""
+
+    feats: Tensor  # 2B x C x h x w, no graph
+    ignore_u: Tensor  # B x H x W
+    labels_u: Tensor  # B x H x W, IGNORE_INDEX where not confident (diagnostics only)
+
+
+def flow_step(
+    flow: DensityEstimator, feats: Tensor, mask_x: Tensor, ignore_u: Tensor, cfg: Config
+) -> tuple[Tensor, Tensor]:
     """Fit data for the flow: labelled pixels class-conditionally, unpadded unlabelled pixels under
     the mixture (as the authors do: the confidence threshold
     does not apply to the flow's data), num_samples of them at random."""
     size = feats.shape[-2:]
-    lab_x = downsample_labels(batch.mask_x, size)
-    pad_u = downsample_labels(batch.ignore_u, size) == IGNORE_INDEX
+    lab_x = downsample_labels(mask_x, size)
+    pad_u = downsample_labels(ignore_u, size) == IGNORE_INDEX
     lab_u = torch.full_like(pad_u, UNLABELLED, dtype=torch.long).masked_fill(pad_u, IGNORE_INDEX)
     labels = torch.cat([lab_x, lab_u]).reshape(-1)
     idx, weights = sample_pixels(labels != IGNORE_INDEX, cfg.flow.num_samples)
@@ -113,65 +127,114 @@ def flow_step(flow: DensityEstimator, feats: Tensor, batch: Batch, cfg: Config) 
     return fit.nll, fit.bits_per_dim
 
 
-def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
+def _segmentation_loss(
+    logits: Tensor, batch: Batch, labels_u: Tensor, phase: Phase, cfg: Config
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted CE of the segmentation net: L_sup + warmup_unsup L_u, or L_sup + unsup L_u + perturb L_pt."""
     b = batch.img_x.shape[0]
-    labels_u, conf, t_feats = teacher_predict(models.teacher, batch, cfg)
-    (img_s, labels_u), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_u)
-    student = models.student
-    v = student.encode(torch.cat([batch.img_x, img_s]))
-    logs: dict[str, Tensor] = {"confident_ratio": (labels_u != IGNORE_INDEX).float().mean()}
-    if phase.perturb:
-        confident = downsample_labels(labels_u, v.shape[-2:]) != IGNORE_INDEX
-        pert = density_descending_delta(student, models.flow, v[b:], confident, cfg.perturb.eps, cfg.perturb.mask)
-        logits, feats = student.classify(torch.cat([v, v[b:] + pert.delta]), n_main=2 * b)
-        if diagnostics:
-            logs.update(_perturbation_logs(models.flow, pert, v[b:], feats[2 * b :], confident, cfg))
-    else:
-        logits, feats = student.classify(v, n_main=_n_main(phase, cfg, b))
     logits = upsample(logits, batch.img_x.shape[-2:])
     loss_sup = masked_ce(logits[:b], batch.mask_x)
     loss_u = masked_ce(logits[b : 2 * b], labels_u)
-    logs.update(loss_sup=loss_sup.detach(), loss_unsup=loss_u.detach())
+    logs = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_u.detach()}
+    if not phase.perturb:
+        return cfg.loss.sup * loss_sup + cfg.loss.warmup_unsup * loss_u, logs
+    loss_pt = masked_ce(logits[2 * b :], labels_u)
+    logs["loss_perturb"] = loss_pt.detach()
+    return cfg.loss.sup * loss_sup + cfg.loss.unsup * loss_u + cfg.loss.perturb * loss_pt, logs
+
+
+def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
+    b = batch.img_x.shape[0]
+    labels_w, t_feats = teacher_predict(models.teacher, batch, cfg)
+    # The padding mask takes the same boxes: the student's fit data must drop the padding pasted in.
+    (img_s, labels_u, ignore_s), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_w, batch.ignore_u)
+    student = models.student
+    v = student.encode(torch.cat([batch.img_x, img_s]))
+    confident = downsample_labels(labels_u, v.shape[-2:]) != IGNORE_INDEX
+    pert = None
     if phase.perturb:
-        loss_pt = masked_ce(logits[2 * b :], labels_u)
-        logs["loss_perturb"] = loss_pt.detach()
-        seg = cfg.loss.sup * loss_sup + cfg.loss.unsup * loss_u + cfg.loss.perturb * loss_pt
+        p = cfg.perturb
+        pert = density_descending_delta(student, models.flow, v[b:], confident, p.eps, p.mask, p.direction)
+        logits, feats = student.classify(torch.cat([v, v[b:] + pert.delta]), n_main=2 * b)
     else:
-        seg = cfg.loss.sup * loss_sup + cfg.loss.warmup_unsup * loss_u
+        logits, feats = student.classify(v, n_main=_n_main(phase, cfg, b))
+    seg, logs = _segmentation_loss(logits, batch, labels_u, phase, cfg)
+    logs["confident_ratio"] = (labels_u != IGNORE_INDEX).float().mean()
     flow_loss = None
     if phase.fit_flow:
-        flow_loss, bpd = flow_step(models.flow, t_feats, batch, cfg)
+        # fit_on student: all 2B rows of the main pass as they are (dropout on, batch statistics). The
+        # authors' teacher had the student's weights (aliased) and ran in train mode, so they fitted
+        # the student's train-mode features, which is what the search queries; an eval-mode EMA
+        # teacher's features put the search far in the tail of the fitted density. In the warm-up
+        # epoch the unlabelled rows went through the aux BN, as the search does; the labelled rows
+        # always use the main BN.
+        if cfg.flow.fit_on == "student":
+            fit = FitData(feats[: 2 * b].detach(), ignore_s, labels_u)
+        else:
+            fit = FitData(t_feats, batch.ignore_u, labels_w)
+        flow_loss, bpd = flow_step(models.flow, fit.feats, batch.mask_x, fit.ignore_u, cfg)
         logs["flow_bpd"] = bpd.detach()
+        if diagnostics:
+            logs.update(_density_logs(models, fit, v[b:], confident, pert, cfg))
+    if diagnostics and pert is not None:
+        logs.update(_perturbation_logs(models.flow, pert, v[b:], feats[2 * b :], confident, cfg))
     return StepOutput(seg, flow_loss, logs)
+
+
+def _diagnostic_subset(valid: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
+    """num_samples of the valid pixels from a generator of its own, so that whether (and how often)
+    diagnostics run never shifts the random stream that training draws from."""
+    own = torch.Generator(device=valid.device).manual_seed(DIAGNOSTICS_SEED)
+    return sample_pixels(valid, cfg.flow.num_samples, own)
+
+
+@torch.no_grad()
+def _density_logs(
+    models: Models, fit: FitData, v_u: Tensor, confident: Tensor, pert: Perturbation | None, cfg: Config
+) -> dict[str, Tensor]:
+    """Mean mixture NLL of confident unlabelled pixels as fitted (nll_fit) and where the perturbation
+    gradient is taken (nll_query): far apart, the density direction is read off the flow's tail.
+
+    Before the perturbation starts nll_query runs the search's pass for the record: aux BN batch
+    statistics and dropout, with the dropout draws on a forked RNG (no effect on training).
+    """
+    u = fit.feats[fit.labels_u.shape[0] :]
+    fit_confident = (downsample_labels(fit.labels_u, u.shape[-2:]) != IGNORE_INDEX).reshape(-1)
+    idx, weights = _diagnostic_subset(fit_confident, cfg)
+    nll_fit = models.flow.nll(pixels_last(u)[idx], None, weights).nll
+    if pert is not None:
+        return {"nll_fit": nll_fit, "nll_query": pert.nll_query}
+    devices = [] if v_u.device.type == "cpu" else [v_u.device]
+    with torch.random.fork_rng(devices=devices, device_type=v_u.device.type):
+        _, nll_query = query_nll(models.student, models.flow, v_u.detach(), confident)
+    return {"nll_fit": nll_fit, "nll_query": nll_query}
 
 
 @torch.no_grad()
 def _perturbation_logs(
-    flow: DensityEstimator, pert, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: Config
+    flow: DensityEstimator, pert: Perturbation, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: Config
 ) -> dict[str, Tensor]:
-    """NLL of confident features before/after the perturbation, the mean |delta| where it applies and
-    the mean per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
+    """NLL of confident features after the perturbation, the mean |delta| where it applies and the mean
+    per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
 
     The after-NLL reuses the perturbed branch's features on a num_samples subset: a diagnostic should
-    not cost another full flow pass. The subset comes from a generator of its own, so whether (and how
-    often) diagnostics run never shifts the random stream that training draws from.
+    not cost another full flow pass.
     """
     flat = confident.reshape(-1)
-    own = torch.Generator(device=flat.device).manual_seed(DIAGNOSTICS_SEED)
-    idx, weights = sample_pixels(flat, cfg.flow.num_samples, own)
+    idx, weights = _diagnostic_subset(flat, cfg)
     after = flow.nll(pixels_last(feats_pt)[idx], None, weights).nll
     norms = pert.delta.float().norm(dim=1).reshape(-1)
     moved = flat if cfg.perturb.mask == "confident" else torch.ones_like(flat)
     delta_norm = (norms * moved).sum() / moved.sum().clamp_min(1)
     v_norm = (v_u.float().norm(dim=1).reshape(-1) * flat).sum() / flat.sum().clamp_min(1)
-    return {"nll_before": pert.nll_before.detach(), "nll_after": after, "delta_norm": delta_norm, "v_norm": v_norm}
+    return {"nll_after": after, "delta_norm": delta_norm, "v_norm": v_norm}
 
 
 def train_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
     """Losses and diagnostics of one iteration (the student must be in train mode).
 
-    diagnostics=False skips the perturbation diagnostics (an extra flow pass over the perturbed
-    features): the trainer asks for them only on the iterations it logs.
+    diagnostics=False skips the density and perturbation diagnostics (extra flow passes, and a
+    classifier pass in the flow's warm-up): the trainer asks for them only on the iterations it logs.
     """
     if not phase.semi:
         return supervised_step(models.student, batch, phase, cfg)

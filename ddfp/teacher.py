@@ -22,6 +22,17 @@ def make_teacher(student: nn.Module) -> nn.Module:
     return teacher
 
 
+@torch.no_grad()
+def hand_off(teacher: nn.Module, student: nn.Module) -> None:
+    """teacher := student, parameters and every buffer (BN statistics and counters), by copying.
+
+    Called before the first semi-supervised iteration: its pseudo-labels must come from the network
+    the supervised epochs trained, not from the initial one the teacher was copied from.
+    """
+    torch._foreach_copy_(list(teacher.parameters()), list(student.parameters()))
+    torch._foreach_copy_(list(teacher.buffers()), list(student.buffers()))
+
+
 def ema_decay(iteration: int, start_iteration: int, cap: float) -> float:
     """min(1 - 1/(t - T0 + 1), cap): 0 at the hand-off (teacher := student), then rising to cap."""
     return min(1.0 - 1.0 / (iteration - start_iteration + 1), cap)

@@ -1,12 +1,16 @@
-"""`ddfp ablation`: supervised vs mean teacher vs DDFP, every split of the profile, several seeds.
+"""`ddfp ablation`: the controlled ablation of DDFP, paired by seed, resumable on any machine.
 
-Each (method, split, seed) is an ordinary training run (tracked in MLflow like any other) in
-`<work>/<method>/<split>/seed<k>`, followed by the evaluate stage's protocol. A finished run keeps its
-metrics file and drops its checkpoint (27 demo checkpoints would take 5 GB), so rerunning the command
-continues where it stopped and retrains nothing that finished.
+Arms (ARMS): supervised, mean teacher, DDFP, its two controls of the density direction (eps = 0:
+the same network, BN routing and loss weights with no perturbation; a random direction of the same
+per-pixel norm), and supervised training on every training image of the smallest split. The plan:
+every arm at the smallest split with `seeds`, the three main methods on the other splits with
+`curve_seeds` (the label curve); seeds are given up front, never chosen after the results.
 
-Writes <out>/ablation.json ({method: {split: [mIoU per seed]}}), ablation.md (mean ± std, the
-evidence goals, the perturbation diagnostics) and ablation.png (mIoU vs labels with error bars).
+Each finished run leaves a small record, `<out>/ablation_runs/<arm>/<split>/seed<k>.json` (its mIoU,
+per-class IoU, the config values it was trained with, the code digest, diagnostics), meant to be
+committed (`--commit` commits each as it lands). A rerun, on this machine or a fresh clone, trains only
+the cells without a record of the same configuration; the work directory (checkpoints of unfinished
+runs) stays under `runs/`. Outputs: ablation_stats.write_outputs.
 """
 
 from __future__ import annotations
@@ -14,105 +18,211 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
-from ddfp.config import Config, replace
-from pipeline import figures
-from pipeline.evaluation_stage import run_evaluate
+from ddfp.config import Config, from_mapping, replace
+from ddfp.data.dataset import SegDataset, read_split_file
+from ddfp.data.spec import get_spec
+from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
+from pipeline import checkpoint
+from pipeline.ablation_stats import write_outputs
+from pipeline.code_version import code_digest
+from pipeline.errors import DataError, UsageError
+from pipeline.evaluate import class_probs
+from pipeline.evaluation_stage import run_evaluate, trained_models
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.report import labels_of, numeric_markdown
+from pipeline.report import labels_of
+from pipeline.run_state import select_device
 from pipeline.trainer import RunPaths, fit
 
-METHODS = ("supervised", "mean_teacher", "ddfp")
-# The issue's goals at the smallest split (mean over seeds, mIoU points).
-GOALS = {"supervised": 10.0, "mean_teacher": 1.0}
-DIAGNOSTICS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
+# arm -> (train.method, overrides): the one place an arm is defined.
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}),
+    "mean_teacher": ("mean_teacher", {}),
+    "ddfp": ("ddfp", {}),
+    "ddfp_eps0": ("ddfp", {"perturb.eps": 0.0}),
+    "ddfp_random": ("ddfp", {"perturb.direction": "random"}),
+    "all_labels": ("supervised", {}),  # on all_labels_split(smallest split)
+}
+CURVE_ARMS = ("supervised", "mean_teacher", "ddfp")
+# Values that cannot change a run's weights or its evaluation: a record stays valid when only these
+# differ (data.splits only lists which splits exist; the others schedule, log or track).
+NOT_RESULTS = ("profile", "methods", "data.splits", "data.num_workers", "download.", "train.device",
+               "train.eval_every", "train.ckpt_every", "train.log_every", "train.launcher", "eval.batch_size",
+               "tracking.", "slurm.", "sweep.")
+TRAIN_LOG_KEYS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup",
+                  "loss_perturb")
 
 
-def run_one(cfg: Config, data_root: Path, split_dir: Path, weights: Path | None, run_dir: Path,
-            progress: bool) -> dict[str, Any]:
-    """Train and evaluate one (method, split, seed), or read its finished metrics."""
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        return json.loads(metrics_path.read_text())
-    fit(cfg, RunPaths(data_root, split_dir, run_dir, weights), progress=progress)
-    metrics = run_evaluate(cfg, run_dir / "last.pt", data_root, split_dir, metrics_path)
-    metrics["diagnostics"] = _diagnostics(run_dir / "train_log.json")
-    write_json_atomic(metrics, metrics_path)
-    (run_dir / "last.pt").unlink()
-    return metrics
+@dataclass(frozen=True)
+class Cell:
+    arm: str
+    split: str
+    seed: int
 
 
-def _diagnostics(train_log: Path) -> dict[str, float]:
-    """Means over the logged iterations of the last epoch (where every phase is active)."""
+def smallest_split(splits: list[str]) -> str:
+    return min(splits, key=lambda s: labels_of(s, splits))
+
+
+def plan(splits: list[str], arms: list[str], seeds: list[int], curve_seeds: list[int]) -> list[Cell]:
+    """The smallest split first, seed by seed (an interrupted ablation leaves complete pairs), then the curve."""
+    first = smallest_split(splits)
+    cells = [Cell(arm, first, seed) for seed in seeds for arm in arms]
+    others = sorted((s for s in splits if s != first), key=lambda s: labels_of(s, splits))
+    return cells + [Cell(arm, split, seed) for split in others for seed in curve_seeds
+                    for arm in arms if arm in CURVE_ARMS]
+
+
+def arm_config(cfg: Config, cell: Cell) -> Config:
+    method, overrides = ARMS[cell.arm]
+    return replace(cfg, {"train.method": method, "train.seed": cell.seed, **overrides})
+
+
+def record_config(cfg: Config) -> dict[str, Any]:
+    """The values a record's numbers depend on, as JSON stores them (tuples become lists)."""
+    values = {k: v for k, v in cfg.flat().items() if not k.startswith(NOT_RESULTS)}
+    return json.loads(json.dumps(values))
+
+
+def record_path(out: Path, cell: Cell) -> Path:
+    return out / "ablation_runs" / cell.arm / cell.split / f"seed{cell.seed}.json"
+
+
+def read_record(path: Path, cfg: Config) -> dict[str, Any] | None:
+    """The record at `path` when it was trained with cfg's values (of any code: the report says which)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not a JSON record ({err}); delete it to train that run again") from err
+    return record if record.get("config") == record_config(cfg) else None
+
+
+def all_labels_split(split_dir: Path, work: Path) -> Path:
+    """<work>/splits/all_labels/<split>: the split's labelled and unlabelled images all labelled.
+
+    The unlabelled list stays as it is, so an epoch (|unlabelled| / batch when train.iters_per_epoch
+    is not set) and hence the iteration budget equal the split's own runs."""
+    unlabeled = read_split_file(split_dir / "unlabeled.txt")
+    missing = [img for img, mask in unlabeled if mask is None]
+    if missing:
+        raise ValueError(f"{split_dir / 'unlabeled.txt'}: {missing[:3]} have no mask; the all-labels arm needs one")
+    dest = work / "splits" / "all_labels" / split_dir.name
+    labeled = (split_dir / "labeled.txt").read_text().rstrip("\n") + "\n"
+    write_text_atomic(dest / "labeled.txt", labeled + (split_dir / "unlabeled.txt").read_text())
+    for name in ("unlabeled.txt", "val.txt"):
+        write_text_atomic(dest / name, (split_dir / name).read_text())
+    return dest
+
+
+def train_log_diagnostics(train_log: Path) -> dict[str, float]:
+    """Means over the logged iterations of the last epoch (where every phase is active), and the NLL rise
+    of the perturbation step (nll_after - nll_query)."""
     rows = json.loads(train_log.read_text())
     last = [r for r in rows if r["epoch"] == rows[-1]["epoch"]] if rows else []
-    return {k: statistics.fmean(r[k] for r in last) for k in DIAGNOSTICS if last and all(k in r for r in last)}
+    out = {k: statistics.fmean(r[k] for r in last) for k in TRAIN_LOG_KEYS if last and all(k in r for r in last)}
+    if "nll_after" in out and "nll_query" in out:
+        out["nll_rise"] = out["nll_after"] - out["nll_query"]
+    return out
+
+
+@torch.no_grad()
+def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path) -> dict[str, Any]:
+    """The final teacher's pseudo-labels (the student's for supervised runs) on the unlabelled training
+    images, predicted with the evaluation protocol and scored against their masks at train.conf_thresh."""
+    lines = read_split_file(split_dir / "unlabeled.txt")
+    if any(mask is None for _, mask in lines):
+        return {}  # no ground truth to score against
+    state = checkpoint.load(ckpt)
+    trained = from_mapping({**state["config"], "eval": cfg.to_dict()["eval"]})
+    spec = get_spec(trained.data.dataset)
+    device = select_device(cfg.train.device)
+    models = trained_models(state, trained, device)
+    name = "teacher" if "teacher" in models else "student"
+    model = models[name].eval()
+    dataset = SegDataset(data_root, lines, "val", trained.data.crop_size, trained.data.scale_range, spec.num_classes)
+    background = spec.class_names.index("background") if "background" in spec.class_names else None
+    counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)
+    for batch in DataLoader(dataset, batch_size=trained.eval.batch_size, num_workers=trained.data.num_workers):
+        probs = class_probs(model, batch["img"].to(device), trained)
+        counts += pseudo_label_counts(probs, batch["mask"].to(device), trained.train.conf_thresh, background).cpu()
+    # null, not NaN, for a ratio over no pixels: records are strict JSON, read by any tool.
+    quality = {f"pl_{k}": None if math.isnan(v) else v for k, v in pseudo_label_quality(counts).items()}
+    return {"pl_model": name, **quality}
+
+
+def train_cell(run_cfg: Config, cell: Cell, data_root: Path, split_dir: Path, weights: Path | None,
+               work: Path, progress: bool) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell -> its record; the checkpoint is dropped afterwards."""
+    run_dir = work / cell.arm / cell.split / f"seed{cell.seed}"
+    fit(run_cfg, RunPaths(data_root, split_dir, run_dir, weights), progress=progress)
+    metrics = run_evaluate(run_cfg, run_dir / "last.pt", data_root, split_dir, run_dir / "metrics.json")
+    diagnostics = {**train_log_diagnostics(run_dir / "train_log.json"),
+                   **pseudo_label_diagnostics(run_cfg, run_dir / "last.pt", data_root, split_dir)}
+    record = {"arm": cell.arm, "split": cell.split, "seed": cell.seed, **metrics, "code_digest": code_digest(),
+              "config": record_config(run_cfg), "diagnostics": diagnostics}
+    metrics["diagnostics"] = diagnostics  # beside the run too: benchmarks/sensitivity.sh reads it there
+    write_json_atomic(metrics, run_dir / "metrics.json")
+    (run_dir / "last.pt").unlink()
+    return record
+
+
+def commit_records(paths: list[Path], message: str) -> None:
+    """Commit these files, if they changed, and nothing else (git commit --only: whatever else is
+    staged stays staged and uncommitted)."""
+    names = [str(p.resolve()) for p in paths]
+    cwd = paths[0].parent
+    if not _git(cwd, "status", "--porcelain", "--", *names).strip():
+        return
+    _git(cwd, "add", "--", *names)
+    _git(cwd, "commit", "-q", "--only", "-m", message, "--", *names)
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        raise DataError(f"{cwd}: `git {args[0]}` failed: {(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
+
+def _check_commit(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=out, capture_output=True, text=True)
+    if done.stdout.strip() != "true":
+        raise UsageError(f"--commit: {out} is not inside a git work tree")
 
 
 def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path | None, work: Path, out: Path,
-                 seeds: list[int], methods: list[str], progress: bool = True) -> dict[str, dict[str, list[float]]]:
-    unknown = set(methods) - set(METHODS)
+                 seeds: Sequence[int], arms: Sequence[str], curve_seeds: Sequence[int] = (0, 1, 2),
+                 progress: bool = True, commit: bool = False) -> dict[str, Any]:
+    """Every planned cell's record (read, or trained and written), then the outputs."""
+    unknown = set(arms) - set(ARMS)
     if unknown:
-        raise ValueError(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
-    results: dict[str, dict[str, list[float]]] = {m: {s: [] for s in cfg.data.splits} for m in methods}
-    diagnostics: list[dict[str, Any]] = []
-    for split in cfg.data.splits:
-        for method in methods:
-            for seed in seeds:
-                run_cfg = replace(cfg, {"train.method": method, "train.seed": seed})
-                m = run_one(run_cfg, data_root, splits_dir / split, weights,
-                            work / method / split / f"seed{seed}", progress)
-                results[method][split].append(m["val_miou"])
-                diagnostics.append({"method": method, "split": split, "seed": seed, **m.get("diagnostics", {})})
-    write_outputs(cfg, results, pd.DataFrame(diagnostics), out)
-    return results
-
-
-def summary_frame(cfg: Config, results: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
-    rows = [{"method": m, "split": s, "labels": labels_of(s, cfg.data.splits), "mean": statistics.fmean(v),
-             "std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": len(v)}
-            for m, per_split in results.items() for s, v in per_split.items() if v]
-    return pd.DataFrame(rows)
-
-
-def goal_lines(cfg: Config, summary: pd.DataFrame) -> list[str]:
-    """DDFP against each baseline at the smallest split, with the issue's goal."""
-    smallest = min(cfg.data.splits, key=lambda s: labels_of(s, cfg.data.splits))
-    at = summary[summary.split == smallest].set_index("method")
-    lines = []
-    for base, goal in GOALS.items():
-        if "ddfp" in at.index and base in at.index:
-            d, b = at.loc["ddfp"], at.loc[base]
-            gap = d["mean"] - b["mean"]
-            # The standard error of a difference of two means: how much of the gap the seeds explain.
-            se = math.sqrt(d["std"] ** 2 / d["seeds"] + b["std"] ** 2 / b["seeds"])
-            verdict = "met" if gap >= goal else "NOT met"
-            lines.append(f"- split {smallest}: DDFP - {base} = {gap:+.2f} ± {se:.2f} (standard error) mIoU "
-                         f"(goal >= +{goal:g}: {verdict})")
-    return lines
-
-
-def write_outputs(cfg: Config, results: dict[str, dict[str, list[float]]], diagnostics: pd.DataFrame,
-                  out: Path) -> None:
-    summary = summary_frame(cfg, results)
-    write_json_atomic(results, out / "ablation.json")
-    title = f"ablation: {cfg.data.dataset}, {cfg.model.backbone} ({cfg.profile} profile)"
-    figures.miou_vs_labels(summary, out / "ablation.png", title)
-    cell = summary.assign(cell=[f"{r['mean']:.2f} ± {r['std']:.2f} ({r['seeds']})" for _, r in summary.iterrows()])
-    table = cell.pivot(index="labels", columns="method", values="cell")
-    table = table[[m for m in METHODS if m in table.columns]].reset_index()
-    diag = diagnostics.drop(columns="seed").groupby(["method", "split"]).mean(numeric_only=True).dropna(how="all")
-    text = "\n".join([
-        f"# Ablation: {cfg.data.dataset} ({cfg.profile} profile)", "",
-        f"Validation mIoU (%), mean ± std over seeds (count); eps {cfg.perturb.eps}, threshold "
-        f"{cfg.train.conf_thresh}, {cfg.train.epochs} epochs. Raw values: ablation.json.", "",
-        table.to_markdown(index=False, disable_numparse=True), "", "Goals:", *goal_lines(cfg, summary), "",
-        "Diagnostics (means over the last epoch's logged iterations, then over seeds):", "",
-        numeric_markdown(diag.reset_index()) if not diag.empty else "(none logged)", "",
-        "![mIoU vs labels](ablation.png)", "",
-    ])
-    write_text_atomic(out / "ablation.md", text)
+        raise ValueError(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if commit:
+        _check_commit(out)
+    records, paths = [], []
+    for cell in plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds)):
+        run_cfg, path = arm_config(cfg, cell), record_path(out, cell)
+        record = read_record(path, run_cfg)
+        if record is None:
+            split_dir = splits_dir / cell.split
+            if cell.arm == "all_labels":
+                split_dir = all_labels_split(split_dir, work)
+            record = train_cell(run_cfg, cell, data_root, split_dir, weights, work, progress)
+            write_json_atomic(record, path)
+            if commit:
+                commit_records([path], f"ablation: {cell.arm}/{cell.split}/seed{cell.seed}")
+        records.append(record)
+        paths.append(path)
+    if commit and paths:  # records of an earlier run whose commit failed (another git process held the index)
+        commit_records(paths, "ablation: records")
+    return write_outputs(cfg, records, out, code_digest())

@@ -71,7 +71,7 @@ def _breakdown(tr: Trainer, batch: Batch, repeats: int) -> dict[str, float]:
 
     def fit_flow() -> None:
         tr.opt_flow.zero_grad(set_to_none=True)
-        flow_step(m.flow, t_feats, batch, cfg)[0].backward()
+        flow_step(m.flow, t_feats, batch.mask_x, batch.ignore_u, cfg)[0].backward()
         tr.opt_flow.step()
 
     def extra_pass() -> None:

@@ -111,7 +111,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
     cfg = load_config(args)
     splits = args.splits.split(",") if args.splits else cfg.data.splits
     weights = _weights(cfg, args.weights_dir / f"{cfg.model.backbone}.pth")
-    runs = {s: RunPaths(args.data, args.splits_dir / s, args.runs / s, weights) for s in splits}
+    # The train stage's layout: a submitted run is the one `dvc repro train@<split>-<method>` finds.
+    runs = {s: RunPaths(args.data, args.splits_dir / s, args.runs / s / cfg.train.method, weights) for s in splits}
     for split, paths in runs.items():
         if not (paths.split_dir / "labeled.txt").is_file():
             raise FileNotFoundError(f"{paths.split_dir}/labeled.txt: split {split} not prepared (run `ddfp splits`)")
@@ -136,16 +137,27 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(load_config(args), args.metrics, args.out))
 
 
+def cmd_summary(args: argparse.Namespace) -> None:
+    """The split x method table and where the report, figures and MLflow runs are (end of `make demo`)."""
+    from pipeline.report import summary_text
+    from pipeline.run_identity import tracking_uri
+
+    cfg = load_config(args)
+    print(redact(summary_text(cfg, args.metrics, args.reports, tracking_uri(cfg))))
+
+
 def cmd_ablation(args: argparse.Namespace) -> None:
     from pipeline.ablation import run_ablation
     from pipeline.inputs import resolve_inputs
 
     cfg = load_config(args)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds, curve_seeds = ([int(x) for x in v.split(",") if x.strip()] for v in (args.seeds, args.curve_seeds))
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     inputs = resolve_inputs(cfg, cfg.data.splits, data=args.data, splits_dir=args.splits_dir, weights=args.weights)
-    results = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, methods)
-    print(json.dumps(results, indent=2))
+    result = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, arms,
+                          curve_seeds, commit=args.commit)
+    print(json.dumps(result["miou"], indent=2))
+    print(result["provenance"])
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -216,14 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>: its val.txt is evaluated")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON")
     p = add("report", cmd_report, "tabulate the metrics of every split")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>.json")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
     p.add_argument("--out", type=Path, default=Path("reports/results.md"), help="the Markdown table to write")
+    p = add("summary", cmd_summary, "print val mIoU per split and method, and where the report and MLflow runs are")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="where `ddfp report` wrote results.md")
     p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
     p.add_argument("--splits", help="comma list (default: data.splits)")
     p.add_argument("--data", type=Path, default=Path("data/dataset"), help="dataset root")
     p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
     p.add_argument("--weights-dir", type=Path, default=Path("data/weights"), help="holds <backbone>.pth")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="run directories <runs>/<split>")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="run directories <runs>/<split>/<train.method>")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p = add("sweep", cmd_sweep, "Optuna sweep of eps and the threshold (the `sweep` params section)")
     p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
@@ -235,14 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
     p.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="trial directories <runs>/<study>/trial_<n>")
     p.add_argument("--reports", type=Path, default=Path("reports/sweep"), help="outputs in <reports>/<study>/")
-    p = add("ablation", cmd_ablation, "supervised vs mean teacher vs DDFP on every split, several seeds")
+    p = add("ablation", cmd_ablation, "the controlled ablation: every arm at the smallest split, the label curve")
     p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
     p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
     p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
-    p.add_argument("--work", type=Path, default=Path("runs/ablation"), help="one run directory per method/split/seed")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="ablation.json, .md and .png go here")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of train.seed values")
-    p.add_argument("--methods", default="supervised,mean_teacher,ddfp", help="comma list of train.method values")
+    p.add_argument("--work", type=Path, default=Path("runs/ablation"), help="one run directory per arm/split/seed")
+    p.add_argument("--out", type=Path, default=Path("reports"),
+                   help="ablation.json, .md, .png and the per-run records ablation_runs/<arm>/<split>/seed<k>.json")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="train.seed values of every arm at the smallest split")
+    p.add_argument("--curve-seeds", default="0,1,2", help="train.seed values of the main methods at the other splits")
+    p.add_argument("--arms", "--methods", dest="arms",
+                   default="supervised,mean_teacher,ddfp,ddfp_eps0,ddfp_random,all_labels", help="comma list of arms")
+    p.add_argument("--commit", action="store_true", help="git-commit each run's record as it lands (resume elsewhere)")
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step"], help="step: median step time per method")
     p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")

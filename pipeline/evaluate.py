@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from ddfp.config import Config
 from ddfp.data.spec import get_spec
-from ddfp.inference import predict
+from ddfp.inference import predict, predict_sliding, predict_whole
 from ddfp.metrics import confusion_matrix, iou_per_class, mean_iou
 from pipeline.distributed import all_reduce_sum
 
@@ -31,6 +31,17 @@ def confusion(model: nn.Module, loader: DataLoader, cfg: Config, device: torch.d
     # Under torch.distributed each rank saw its own shard of the list (val_loader): the sum is the
     # matrix of the whole list, exactly (integer counts). A no-op in one process.
     return all_reduce_sum(cm).cpu()
+
+
+@torch.no_grad()
+def class_probs(model: nn.Module, img: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """B x C x H x W class probabilities under the evaluation protocol: the scores `confusion`
+    takes the argmax of, for measuring pseudo-labels the way the model is evaluated."""
+    spec = get_spec(cfg.data.dataset)
+    mode, crop = cfg.eval.mode or spec.eval_mode, cfg.eval.crop_size or cfg.data.crop_size
+    if mode == "sliding":
+        return predict_sliding(model, img, crop, max(int(crop * cfg.eval.stride_ratio), 1), spec.num_classes)
+    return predict_whole(model, img, crop).softmax(dim=1)
 
 
 def summarise(cm: torch.Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:

@@ -70,10 +70,12 @@ def overlay_figure(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str
     return _save(fig, path)
 
 
-def miou_vs_labels(summary: pd.DataFrame, path: Path, title: str) -> Path:
+def miou_vs_labels(summary: pd.DataFrame, path: Path, title: str,
+                   reference: tuple[str, float] | None = None) -> Path:
     """mIoU (mean, std error bars over seeds) against the number of labelled images, one line per method.
 
-    summary columns: method, labels (int), mean, std.
+    summary columns: method, labels (int), mean, std. reference: (label, mIoU) drawn as a horizontal
+    line, e.g. the model trained on every label.
     """
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, rows in summary.sort_values("labels").groupby("method", sort=False):
@@ -81,6 +83,8 @@ def miou_vs_labels(summary: pd.DataFrame, path: Path, title: str) -> Path:
     if "paper" in summary.columns and summary["paper"].notna().any():
         ref = summary.dropna(subset=["paper"]).drop_duplicates("labels").sort_values("labels")
         ax.plot(ref["labels"], ref["paper"], "k--", marker="x", label="DDFP paper (Pascal)")
+    if reference is not None:
+        ax.axhline(reference[1], color="grey", linestyle=":", label=reference[0])
     ax.set_xscale("log")
     ticks = sorted(summary["labels"].unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])

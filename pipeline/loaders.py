@@ -39,14 +39,17 @@ def _loader(dataset: SegDataset, sampler, batch_size: int, cfg: Config) -> DataL
 
 
 def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> TrainLoaders:
-    """One epoch = |unlabelled| draws from each list (labelled resampled to that size)."""
+    """One epoch = |unlabelled| draws from each list (labelled resampled to that size), or
+    train.iters_per_epoch batches on every process when it is set."""
     num_classes = get_spec(cfg.data.dataset).num_classes
     lines_l = read_split_file(split_dir / "labeled.txt")
     lines_u = read_split_file(split_dir / "unlabeled.txt")
     d, t = cfg.data, cfg.train
     ds_l = SegDataset(data_root, lines_l, "labeled", d.crop_size, d.scale_range, num_classes)
     ds_u = SegDataset(data_root, lines_u, "unlabeled", d.crop_size, d.scale_range, num_classes)
-    length = len(lines_u)
+    # The authors' epoch makes a split with more labels (fewer unlabelled images) train fewer
+    # iterations; a fixed budget keeps the label axis of a comparison free of that confound.
+    length = t.iters_per_epoch * t.batch_size * world_size if t.iters_per_epoch else len(lines_u)
     samplers = [
         EpochSampler(len(lines_l), length, t.seed, LABELED_STREAM, t.batch_size, rank, world_size),
         EpochSampler(len(lines_u), length, t.seed, UNLABELED_STREAM, t.batch_size, rank, world_size),

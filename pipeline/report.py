@@ -1,20 +1,23 @@
 """`ddfp report`: the runs `dvc repro` evaluated, side by side.
 
-It reads exactly the evaluate stage's outputs, metrics/<split>.json and metrics/<split>.run.json, for
-every split of data.splits, and nothing else: the DVC stage declares everything the report depends
-on, and the report is what `dvc repro` produced. Every run is shown with its own trained values
-(method, seed, eps, threshold, backbone, run id), never the current configuration's; a split without
-its files is named with the command that makes them. All runs of every configuration (ablations,
-sweeps, sensitivity runs) are browsed in the MLflow UI, not here.
+It reads exactly the evaluate stage's outputs, metrics/<split>/<method>.json and .run.json beside it,
+for every split of data.splits and method of `methods`, and nothing else: the DVC stage declares
+everything the report depends on, and the report is what `dvc repro` produced. Every run is shown with
+its own trained values (method, seed, eps, threshold, backbone, run id), never the current
+configuration's; a run without its files is named with the command that makes them. All runs of every
+configuration (ablations, sweeps, sensitivity runs) are browsed in the MLflow UI, not here.
 
-Writes reports/results.md (split x method, mean +- std over seeds; the paper's Pascal numbers beside
-ours on Pascal; the runs), reports/miou_vs_labels.png, reports/class_iou.png and
-reports/training_curves.png.
+Writes reports/results.md (split x method, mean +- std over seeds, DDFP's gain over the supervised
+baseline; the paper's Pascal numbers beside ours on Pascal; the runs), reports/miou_vs_labels.png
+(one line per method), reports/class_iou.png and reports/training_curves.png. `summary_text` is the
+same table for the terminal (`ddfp summary`, the end of `make demo`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +37,26 @@ PAPER = {
     },
 }
 METHOD_ORDER = ("supervised", "mean_teacher", "ddfp")
+GAIN = "ddfp - supervised"
+FIGURES = ("miou_vs_labels.png", "class_iou.png", "training_curves.png")
 
 
-def read_split(metrics_dir: Path, split: str) -> tuple[dict[str, Any], dict[str, Any]] | list[Path]:
-    """The metrics and run record of one split, or the files of it that are missing."""
-    files = [metrics_dir / f"{split}.json", metrics_dir / f"{split}.run.json"]
+def evaluate_stage(split: str, method: str) -> str:
+    """The DVC stage (matrix item) that writes metrics/<split>/<method>.json."""
+    return f"evaluate@{split}-{method}"
+
+
+def read_run(metrics_dir: Path, split: str, method: str) -> tuple[dict[str, Any], dict[str, Any]] | list[Path]:
+    """The metrics and run record of one split and method, or the files of it that are missing."""
+    files = [metrics_dir / split / f"{method}.json", metrics_dir / split / f"{method}.run.json"]
     absent = [p for p in files if not p.is_file()]
     if absent:
         return absent
     try:
         metrics, run = (json.loads(p.read_text()) for p in files)
     except json.JSONDecodeError as err:
-        raise DataError(f"{files[0]} or {files[1].name}: not JSON ({err}); rerun `dvc repro evaluate@{split}`") from None
+        raise DataError(f"{files[0]} or {files[1].name}: not JSON ({err}); "
+                        f"rerun `dvc repro {evaluate_stage(split, method)}`") from None
     return metrics, run
 
 
@@ -59,20 +70,22 @@ def run_row(split: str, metrics: dict[str, Any], run: dict[str, Any]) -> dict[st
 
 
 def load_runs(cfg: Config, metrics_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], list[str]]:
-    """The rows, the run records (curves) by split, and one line per split whose files are missing."""
+    """The rows, the run records (curves) by 'method / split', and one line per run whose files are missing."""
     rows, records, missing = [], {}, []
     for split in cfg.data.splits:
-        found = read_split(metrics_dir, split)
-        if isinstance(found, list):
-            missing.append(f"- split {split}: no {', '.join(str(p) for p in found)}; "
-                           f"`dvc repro evaluate@{split}` makes {'them' if len(found) > 1 else 'it'}")
-            continue
-        try:
-            rows.append(run_row(split, *found))
-        except (KeyError, TypeError) as err:
-            raise DataError(f"{metrics_dir / split}.json / .run.json: not the evaluate stage's output (no {err}); "
-                            f"rerun `dvc repro evaluate@{split}`") from None
-        records[split] = found[1]
+        for method in cfg.methods:
+            found = read_run(metrics_dir, split, method)
+            stage = evaluate_stage(split, method)
+            if isinstance(found, list):
+                missing.append(f"- {method} on split {split}: no {', '.join(str(p) for p in found)}; "
+                               f"`dvc repro {stage}` makes {'them' if len(found) > 1 else 'it'}")
+                continue
+            try:
+                rows.append(run_row(split, *found))
+            except (KeyError, TypeError) as err:
+                raise DataError(f"{metrics_dir / split / method}.json / .run.json: not the evaluate stage's output "
+                                f"(no {err}); rerun `dvc repro {stage}`") from None
+            records[f"{method} / {split}"] = found[1]
     return pd.DataFrame(rows), records, missing
 
 
@@ -97,6 +110,9 @@ def markdown_table(summary: pd.DataFrame, cfg: Config) -> str:
     wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="split", columns="method", values="cell")
     methods = [m for m in METHOD_ORDER if m in wide.columns] + [m for m in wide.columns if m not in METHOD_ORDER]
     wide = wide[methods]
+    means = summary.pivot(index="split", columns="method", values="mean")
+    if {"supervised", "ddfp"} <= set(means.columns):
+        wide[GAIN] = (means["ddfp"] - means["supervised"]).map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
     for name, values in PAPER.get(cfg.data.dataset, {}).items():
         wide[name] = [f"{values[s]:.2f}" if s in values else "" for s in wide.index]
     wide = wide.loc[sorted(wide.index, key=lambda s: labels_of(s, cfg.data.splits))]
@@ -119,13 +135,13 @@ def class_table(frame: pd.DataFrame) -> pd.DataFrame:
 def curves(records: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """Training loss and the reported model's val mIoU over iterations, per run, from its run record."""
     out = {}
-    for split, run in records.items():
+    for label, run in records.items():
         model = run["reported_model"]
         loss = pd.DataFrame(run["history"], columns=["iteration", "loss"]).rename(columns={"iteration": "step"})
         val = pd.DataFrame([(e["iteration"], e.get(f"val_miou_{model}")) for e in run["evals"]],
                            columns=["step", "val_miou"])
         frame = pd.concat([loss, val], ignore_index=True).sort_values("step")
-        out[f"{run['config']['train.method']} / {split}"] = frame
+        out[label] = frame
     return out
 
 
@@ -162,7 +178,7 @@ def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
         write_figures(cfg, frame, records, out.parent)
         parts += [markdown_table(summarise(frame, cfg), cfg) + "\n", "## Runs\n", runs_table(frame, cfg) + "\n"]
     if missing:
-        parts.append("**Missing splits** (not in the tables):\n\n" + "\n".join(missing) + "\n")
+        parts.append("**Missing runs** (not in the tables):\n\n" + "\n".join(missing) + "\n")
     if not frame.empty:
         parts.append("![mIoU vs labels](miou_vs_labels.png)\n\n![training curves](training_curves.png)\n")
     return write_text_atomic(out, "\n".join(parts))
@@ -172,3 +188,26 @@ def numeric_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """A numeric table as markdown with '-' where a value is missing (tabulate only knows None)."""
     cells = frame.astype(object).where(frame.notna(), None)
     return cells.to_markdown(index=False, floatfmt=floatfmt, missingval="-")
+
+
+def mlflow_hint(uri: str) -> str:
+    """How to look at the runs of `uri`: the address of a server, or the UI command for a store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    # The UI command of this interpreter's environment: `make demo` runs from the venv.
+    mlflow = os.path.relpath(Path(sys.executable).parent / "mlflow")
+    return f"{mlflow} ui --backend-store-uri {uri} --port 5000, then open http://127.0.0.1:5000"
+
+
+def summary_text(cfg: Config, metrics_dir: Path, reports_dir: Path, tracking_uri: str) -> str:
+    """The split x method table of val mIoU, the runs still missing, and where the outputs are."""
+    frame, _, missing = load_runs(cfg, metrics_dir)
+    table = markdown_table(summarise(frame, cfg), cfg) if not frame.empty else "No run has been evaluated yet."
+    lines = [f"Validation mIoU (%), {cfg.data.dataset} ({cfg.profile} profile), from {metrics_dir}/:", "", table, ""]
+    if missing:
+        lines += ["Missing runs:", *missing, ""]
+    outputs = [reports_dir / "results.md", *(reports_dir / name for name in FIGURES)]
+    lines += ["Report and figures (`ddfp report` writes them):",
+              *(f"  {p}{'' if p.is_file() else ' (not written yet)'}" for p in outputs),
+              f"MLflow runs: {mlflow_hint(tracking_uri)}"]
+    return "\n".join(lines)

@@ -17,8 +17,8 @@ from ddfp.config import Config
 from pipeline.secrets import redact_values
 
 # Keys left out of the group hash: runs differing only in these share a parent run.
-GROUP_INDEPENDENT = ("train.seed", "eval.", "tracking.", "data.num_workers", "train.device", "train.ckpt_every",
-                     "train.log_every", "train.eval_every", "train.max_iters", "sweep.")
+GROUP_INDEPENDENT = ("methods", "train.seed", "eval.", "tracking.", "data.num_workers", "train.device",
+                     "train.ckpt_every", "train.log_every", "train.eval_every", "train.max_iters", "sweep.")
 PARENT_TAG, GROUP_TAG, KIND_TAG = "mlflow.parentRunId", "ddfp_group", "ddfp_kind"
 
 

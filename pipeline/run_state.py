@@ -22,10 +22,9 @@ from ddfp.config import Config, from_mapping
 from ddfp.data.spec import get_spec
 from ddfp.flow import DensityEstimator
 from ddfp.model import build_model
-from ddfp.model.deeplab import FEATURE_CHANNELS
 from ddfp.schedule import poly_lr
 from ddfp.step import Batch, Models, Phase, train_step
-from ddfp.teacher import ema_decay, make_teacher, update_teacher
+from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline import checkpoint, distributed
 from pipeline.code_version import code_digest
 from pipeline.distributed import SINGLE, DistEnv
@@ -37,7 +36,7 @@ from pipeline.tracking import Tracker
 
 # Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
 # train.max_iters only says where a run stops: a longer run continues a shorter one.
-RESUME_INDEPENDENT = ("profile", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
+RESUME_INDEPENDENT = ("profile", "methods", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
                       "train.log_every", "train.eval_every", "train.max_iters", "train.launcher", "slurm.",
                       "download.", "sweep.")
 
@@ -111,7 +110,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         weights = str(paths.weights) if paths and paths.weights else None
         student = distributed.prepare_student(build_model(cfg.model, spec.num_classes, weights).to(device), dist, device)
-        flow = DensityEstimator(cfg.flow, FEATURE_CHANNELS, spec.num_classes).to(device)
+        flow = DensityEstimator(cfg.flow, cfg.model.head_channels, spec.num_classes).to(device)
         distributed.broadcast_module(flow, dist)
         self.models = Models(student, make_teacher(student).to(device), flow)
         t = cfg.train
@@ -206,6 +205,10 @@ class Trainer:
         for group in self.opt_seg.param_groups:
             group["lr"] = poly_lr(group["base_lr"], self.iteration, self.total_iters, t.poly_power)
         self.models.student.train()
+        t0 = t.sup_only_epochs * self.iters_per_epoch  # the first semi-supervised iteration
+        if phase.semi and self.iteration == t0:
+            # Before the snapshot: a skipped first step keeps the handed-off teacher.
+            hand_off(self.models.teacher, self.models.student)
         buffers = self._forward_buffers()
         saved = _snapshot(buffers)
         with self._autocast():
@@ -236,7 +239,6 @@ class Trainer:
             self.scaler.step(self.opt_seg)
             self.scaler.update()
             if phase.semi:
-                t0 = t.sup_only_epochs * self.iters_per_epoch
                 decay = ema_decay(self.iteration, t0, self.cfg.teacher.ema_decay)
                 update_teacher(self.models.teacher, self.models.student, decay, self.cfg.teacher.mode)
         else:

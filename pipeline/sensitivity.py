@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.report import numeric_markdown
 
-COLUMNS = ("confident_ratio", "nll_before", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
+COLUMNS = ("confident_ratio", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
 
 
 def _row(setting: str, metrics_path: Path) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from ddfp import config
 from ddfp.data.spec import get_spec
 from ddfp.flow import DensityEstimator
 from ddfp.model import build_model
-from ddfp.model.deeplab import FEATURE_CHANNELS
 from ddfp.step import Batch, Models
 from ddfp.teacher import make_teacher
 
@@ -73,7 +72,7 @@ def make_models(cfg) -> Models:
     torch.manual_seed(0)
     n = get_spec(cfg.data.dataset).num_classes
     student = build_model(cfg.model, n)
-    return Models(student, make_teacher(student), DensityEstimator(cfg.flow, FEATURE_CHANNELS, n))
+    return Models(student, make_teacher(student), DensityEstimator(cfg.flow, cfg.model.head_channels, n))
 
 
 def make_batch(cfg, seed: int = 0) -> Batch:

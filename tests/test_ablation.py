@@ -1,52 +1,231 @@
-"""`ddfp ablation` on the smoke profile: every method x split x seed, outputs, and a rerun that trains nothing."""
+"""`ddfp ablation`: the arms and the plan, the committed per-run records a rerun resumes from (on any
+machine), the paired-by-seed statistics, and one smoke-profile run of every arm."""
 
 import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from test_trainer import tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
 
 from ddfp import config
-from pipeline.ablation import run_ablation
+from pipeline.ablation import (ARMS, Cell, all_labels_split, arm_config, commit_records, plan, record_config,
+                               record_path, run_ablation, train_log_diagnostics)
+from pipeline.ablation_stats import goal_rows, paired_difference
+from pipeline.code_version import code_digest
+
+DDFP = str(Path(sys.executable).parent / "ddfp")
+
+
+def smoke(**overrides):
+    return config.replace(config.load(profile="smoke"), {"data.splits": ["8", "16"], "tracking.enabled": False,
+                                                         **overrides})
+
+
+def test_plan_is_every_arm_at_the_smallest_split_and_the_main_methods_on_the_curve():
+    cells = plan(["16", "8"], list(ARMS), [0, 1, 2, 3, 4], [0, 1, 2])
+    at8 = [c for c in cells if c.split == "8"]
+    assert {(c.arm, c.seed) for c in at8} == {(a, s) for a in ARMS for s in range(5)} and len(at8) == 30
+    assert {(c.arm, c.seed) for c in cells if c.split == "16"} == {
+        (a, s) for a in ("supervised", "mean_teacher", "ddfp") for s in range(3)}
+    assert cells[:6] == [Cell(a, "8", 0) for a in ARMS]  # seed by seed: an interrupted run leaves whole pairs
+
+
+def test_each_arm_changes_only_its_own_values():
+    cfg = smoke()
+    flat = {arm: arm_config(cfg, Cell(arm, "8", 3)).flat() for arm in ARMS}
+    assert flat["ddfp_eps0"]["perturb.eps"] == 0.0 and flat["ddfp_eps0"]["train.method"] == "ddfp"
+    assert flat["ddfp_random"]["perturb.direction"] == "random"
+    assert flat["all_labels"]["train.method"] == "supervised"
+    assert all(f["train.seed"] == 3 for f in flat.values())
+    base = flat["ddfp"]
+    for arm in ("ddfp_eps0", "ddfp_random"):
+        assert {k for k in base if base[k] != flat[arm][k]} == ({"perturb.eps"} if arm == "ddfp_eps0"
+                                                                else {"perturb.direction"})
+
+
+def test_paired_difference_has_the_t_interval():
+    ddfp = {s: 10.0 + d for s, d in enumerate([1, 2, 3, 4, 5])}
+    base = {s: 10.0 for s in range(6)}  # seed 5 has no DDFP run: not paired
+    p = paired_difference(ddfp, base)
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+    assert p.n == 5 and p.mean == pytest.approx(3.0)
+    assert (p.low, p.high) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    one = paired_difference({0: 5.0}, {0: 1.0})
+    assert one.n == 1 and one.mean == 4.0 and math.isnan(one.low)  # no interval from one pair
+
+
+def test_goal_rows_ask_the_interval_above_zero_where_the_goal_does():
+    ddfp = {s: 30.0 + s for s in range(5)}
+    per_arm = {
+        "ddfp": ddfp,
+        "supervised": {s: v - 12 for s, v in ddfp.items()},  # +12: met (the goal is on the mean)
+        "mean_teacher": {s: v - d for (s, v), d in zip(ddfp.items(), [1, 2, 3, 4, 5])},  # +3, CI [1.04, 4.96]
+        "ddfp_eps0": {s: v - d for (s, v), d in zip(ddfp.items(), [-2, 3, 1, -1, 4])},  # +1, CI spans 0
+        # ddfp_random has no runs yet
+    }
+    rows = {r["comparison"]: r for r in goal_rows(per_arm)}
+    assert rows["DDFP - supervised"]["verdict"] == "met" and rows["DDFP - supervised"]["n"] == 5
+    assert rows["DDFP - mean_teacher"]["verdict"] == "met"
+    assert rows["DDFP - mean_teacher"]["95% CI"] == "[+1.04, +4.96]"
+    assert rows["DDFP - ddfp_eps0"]["verdict"] == "NOT met"
+    assert rows["DDFP - ddfp_random"]["verdict"] == "NOT met" and rows["DDFP - ddfp_random"]["n"] == 0
+
+
+def test_train_log_diagnostics_are_last_epoch_means_with_the_nll_rise(tmp_path):
+    rows = [{"epoch": 0, "confident_ratio": 0.1},
+            {"epoch": 2, "confident_ratio": 0.4, "nll_fit": 10.0, "nll_query": 50.0, "nll_after": 80.0},
+            {"epoch": 2, "confident_ratio": 0.6, "nll_fit": 20.0, "nll_query": 70.0, "nll_after": 140.0}]
+    (tmp_path / "train_log.json").write_text(json.dumps(rows))
+    d = train_log_diagnostics(tmp_path / "train_log.json")
+    assert d == {"confident_ratio": 0.5, "nll_fit": 15.0, "nll_query": 60.0, "nll_after": 110.0, "nll_rise": 50.0}
+
+
+def test_all_labels_split_lists_every_training_image_as_labelled(tmp_path):
+    src = tmp_path / "splits" / "8"
+    src.mkdir(parents=True)
+    (src / "labeled.txt").write_text("a.jpg a.png\n")
+    (src / "unlabeled.txt").write_text("b.jpg b.png\nc.jpg c.png\n")
+    (src / "val.txt").write_text("v.jpg v.png\n")
+    made = all_labels_split(src, tmp_path / "work")
+    assert made.name == "8"  # the metrics name the split the runs belong to
+    assert (made / "labeled.txt").read_text().split("\n")[:3] == ["a.jpg a.png", "b.jpg b.png", "c.jpg c.png"]
+    # Same unlabelled list: the epoch (and so the iteration budget) is the smallest split's
+    assert (made / "unlabeled.txt").read_text() == (src / "unlabeled.txt").read_text()
+    assert (made / "val.txt").read_text() == (src / "val.txt").read_text()
+    (src / "unlabeled.txt").write_text("d.jpg\n")
+    with pytest.raises(ValueError, match="unlabeled.txt.*d.jpg.*no mask"):
+        all_labels_split(src, tmp_path / "work2")
+
+
+def _fake_record(cfg, cell, miou, digest):
+    run_cfg = arm_config(cfg, cell)
+    return {"arm": cell.arm, "split": cell.split, "seed": cell.seed, "val_miou": miou, "val_miou_student": miou,
+            "per_class_iou": {}, "iterations": 7, "code_digest": digest, "config": record_config(run_cfg),
+            "diagnostics": {"confident_ratio": 0.5, "pl_precision": 0.9 if cell.seed else None}}
+
+
+def _write_records(cfg, out, other_code=3):
+    """Records of the plan with seeds 0, 1 (curve: 0), as another machine committed them."""
+    for i, cell in enumerate(plan(cfg.data.splits, list(ARMS), [0, 1], [0])):
+        miou = {"supervised": 20, "all_labels": 60, "ddfp": 30}.get(cell.arm, 25) + cell.seed + (cell.split == "16")
+        rec = _fake_record(cfg, cell, float(miou), "0" * 64 if i < other_code else code_digest())
+        path = record_path(out, cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+
+
+def test_existing_records_are_used_and_other_code_is_named(tmp_path):
+    # No data here: nothing may train.
+    cfg = smoke()
+    out = tmp_path / "reports"
+    _write_records(cfg, out)
+    result = run_ablation(cfg, tmp_path / "absent", tmp_path / "absent", None, tmp_path / "work", out, [0, 1],
+                          list(ARMS), curve_seeds=[0], progress=False)
+    assert result["miou"]["ddfp"]["8"] == {"0": 30.0, "1": 31.0}
+    assert "3 of 15 records come from other code (00000000)" in result["provenance"]
+    text = (out / "ablation.md").read_text()
+    assert result["provenance"] in text
+    assert re.search(r"\| DDFP - supervised +\| 2 +\| \+10\.00 ", text) and "all_labels" in text
+    assert "pl_precision" in text and (out / "ablation.png").stat().st_size > 5000
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_record_of_another_configuration_is_not_reused(tmp_path):
+    cfg = smoke()
+    cell = Cell("supervised", "8", 0)
+    path = record_path(tmp_path, cell)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_fake_record(config.replace(cfg, {"train.lr": 0.5}), cell, 1.0, code_digest())))
+    with pytest.raises(FileNotFoundError):  # it has to train, and the data is not there
+        run_ablation(cfg, tmp_path / "absent", tmp_path / "absent", None, tmp_path / "work", tmp_path, [0],
+                     ["supervised"], curve_seeds=[], progress=False)
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def test_commit_records_commits_that_file_only(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.name", "t")
+    _git(repo, "config", "user.email", "t@t")
+    (repo / "other.txt").write_text("someone's work in progress\n")
+    _git(repo, "add", "other.txt")
+    record = repo / "reports" / "ablation_runs" / "ddfp" / "8" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}\n")
+    commit_records([record], "ablation: ddfp/8/seed0")
+    assert _git(repo, "log", "--format=%s").strip() == "ablation: ddfp/8/seed0"
+    assert _git(repo, "show", "--name-only", "--format=").split() == ["reports/ablation_runs/ddfp/8/seed0.json"]
+    assert _git(repo, "diff", "--cached", "--name-only").split() == ["other.txt"]  # still staged, not committed
+    commit_records([record], "again")  # committed already: nothing to do, no error
+    assert _git(repo, "log", "--format=%s").split("\n")[0] == "ablation: ddfp/8/seed0"
+
+
+def test_records_left_uncommitted_by_an_earlier_run_are_committed(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (("init", "-q"), ("config", "user.name", "t"), ("config", "user.email", "t@t")):
+        _git(repo, *args)
+    cfg = smoke()
+    _write_records(cfg, repo / "reports")  # as a run whose commits failed left them
+    run_ablation(cfg, tmp_path, tmp_path, None, tmp_path / "work", repo / "reports", [0, 1], list(ARMS),
+                 curve_seeds=[0], progress=False, commit=True)
+    assert _git(repo, "log", "--format=%s").strip() == "ablation: records"
+    assert len(_git(repo, "show", "--name-only", "--format=").split()) == 15
+    assert not _git(repo, "status", "--porcelain", "reports/ablation_runs").strip()
+
+
+def test_commit_outside_a_git_work_tree_is_refused_before_training(tmp_path):
+    from pipeline.errors import UsageError
+
+    with pytest.raises(UsageError, match="--commit"):
+        run_ablation(smoke(), tmp_path, tmp_path, None, tmp_path / "work", tmp_path / "out", [0], ["ddfp"],
+                     curve_seeds=[], progress=False, commit=True)
+
+
+def test_unknown_arm_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--arms: unknown"):
+        run_ablation(smoke(), tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp", "fixmatch"])
 
 
 @pytest.mark.slow
-def test_ablation_trains_every_cell_once_and_writes_the_outputs(tiny_data, tmp_path):
+def test_every_arm_trains_once_and_writes_its_record(tiny_data, tmp_path):
     cfg = config.replace(tiny_cfg(**{"train.max_iters": 2}), {"data.splits": ["8"]})
-    args = (cfg, tiny_data / "dataset", tiny_data / "splits", None, tmp_path / "work", tmp_path / "out", [0, 1],
-            ["supervised", "mean_teacher", "ddfp"])
-    results = run_ablation(*args, progress=False)
-    assert set(results) == {"supervised", "mean_teacher", "ddfp"}
-    assert all(len(results[m]["8"]) == 2 for m in results)
-    assert json.loads((tmp_path / "out" / "ablation.json").read_text()) == results
-    text = (tmp_path / "out" / "ablation.md").read_text()
-    assert "DDFP - supervised" in text and "DDFP - mean_teacher" in text and "± " in text
-    assert (tmp_path / "out" / "ablation.png").stat().st_size > 5000
-    assert not list((tmp_path / "work").rglob("last.pt"))  # checkpoints dropped once evaluated
-    stamp = {p: p.stat().st_mtime for p in (tmp_path / "work").rglob("metrics.json")}
-    assert run_ablation(*args, progress=False) == results  # nothing retrained
-    assert stamp == {p: p.stat().st_mtime for p in (tmp_path / "work").rglob("metrics.json")}
+    out = tmp_path / "out"
+    args = (cfg, tiny_data / "dataset", tiny_data / "splits", None, tmp_path / "work", out, [0], list(ARMS))
+    result = run_ablation(*args, curve_seeds=[], progress=False)
+    records = {c.arm: json.loads(record_path(out, c).read_text()) for c in plan(["8"], list(ARMS), [0], [])}
+    assert set(records) == set(ARMS)
+    for arm, rec in records.items():
+        assert rec["code_digest"] == code_digest() and rec["iterations"] == 2, arm
+        assert 0 <= rec["diagnostics"]["pl_confident_share"] <= 1, arm  # scored against the unlabelled masks
+        assert "NaN" not in record_path(out, Cell(arm, "8", 0)).read_text()  # strict JSON: an empty ratio is null
+        assert result["miou"][arm]["8"] == {"0": rec["val_miou"]}
+    assert records["ddfp_eps0"]["config"]["perturb.eps"] == 0.0
+    assert records["ddfp_random"]["config"]["perturb.direction"] == "random"
+    assert records["ddfp"]["diagnostics"]["pl_model"] == "teacher"
+    assert records["supervised"]["diagnostics"]["pl_model"] == "student"
+    assert "DDFP - ddfp_random" in (out / "ablation.md").read_text()
+    assert not list((tmp_path / "work").rglob("last.pt"))  # checkpoints dropped once recorded
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "ablation_runs").rglob("*.json")}
+    assert run_ablation(*args, curve_seeds=[], progress=False)["miou"] == result["miou"]  # nothing retrained
+    assert stamp == {p: p.stat().st_mtime_ns for p in (out / "ablation_runs").rglob("*.json")}
 
 
-def test_unknown_method_is_refused(tmp_path):
-    cfg = config.load(profile="smoke")
-    with pytest.raises(ValueError, match="--methods: unknown"):
-        run_ablation(cfg, tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp", "fixmatch"])
-
-
-def test_goal_lines_give_the_gap_its_standard_error():
-    import pandas as pd
-
-    from pipeline.ablation import goal_lines
-
-    cfg = config.replace(config.load(profile="smoke"), {"data.splits": ["8", "16"]})
-    summary = pd.DataFrame([
-        {"method": "supervised", "split": "8", "mean": 20.0, "std": 3.0, "seeds": 3},
-        {"method": "mean_teacher", "split": "8", "mean": 24.0, "std": 4.0, "seeds": 3},
-        {"method": "ddfp", "split": "8", "mean": 26.0, "std": 3.0, "seeds": 3},
-        {"method": "ddfp", "split": "16", "mean": 90.0, "std": 0.0, "seeds": 3},  # not the smallest split
-    ])
-    lines = goal_lines(cfg, summary)
-    assert lines == [
-        "- split 8: DDFP - supervised = +6.00 ± 2.45 (standard error) mIoU (goal >= +10: NOT met)",
-        "- split 8: DDFP - mean_teacher = +2.00 ± 2.89 (standard error) mIoU (goal >= +1: met)",
-    ]
+def test_cli_reads_the_records_and_names_other_code(tmp_path):
+    cfg = config.replace(config.load(profile="smoke"), {"model.pretrained": False})
+    _write_records(cfg, tmp_path / "reports", other_code=1)
+    (tmp_path / "empty").mkdir()
+    empty = str(tmp_path / "empty")
+    run = subprocess.run([DDFP, "ablation", "--profile", "smoke", "--set", "model.pretrained=false", "--data", empty,
+                          "--splits-dir", empty, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "reports"),
+                          "--seeds", "0,1", "--curve-seeds", "0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "1 of 15 records come from other code (00000000)" in run.stdout

@@ -167,7 +167,7 @@ def stage_is_current(dest: Path, env: dict, stage: str) -> bool:
 @pytest.mark.slow
 def test_two_dvc_repro_of_one_stage_end_with_a_valid_checkpoint(project):
     dest, env = project
-    procs = [subprocess.Popen(["dvc", "repro", "train@8"], cwd=dest, env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(["dvc", "repro", "train@8-ddfp"], cwd=dest, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [finish(p)[0] for p in procs]
     codes = [p.returncode for p in procs]
@@ -175,25 +175,25 @@ def test_two_dvc_repro_of_one_stage_end_with_a_valid_checkpoint(project):
     for code, out in zip(codes, outputs):
         # The loser is refused by DVC's locks (the stage's rwlock, the repository lock) or by ours.
         assert code == 0 or any(m in out for m in ("is busy", "Unable to acquire lock", "is being written by")), out
-    assert checkpoint.load(dest / "runs" / "8" / "last.pt")["done"]
-    assert stage_is_current(dest, env, "train@8")
+    assert checkpoint.load(dest / "runs" / "8" / "ddfp" / "last.pt")["done"]
+    assert stage_is_current(dest, env, "train@8-ddfp")
 
 
 @pytest.mark.slow
 def test_dvc_repro_beside_a_hand_run_train_is_refused(project):
-    """`ddfp train` (by hand, or a job of `ddfp submit --no-wait`) holds runs/16: DVC's training stops."""
+    """`ddfp train` (by hand, or a job of `ddfp submit --no-wait`) holds runs/16/ddfp: DVC's training stops."""
     dest, env = project
-    run = dest / "runs" / "16"
+    run = dest / "runs" / "16" / "ddfp"
     hand = subprocess.Popen(["ddfp", "train", "--set", "train.max_iters=null", "--data", "data/dataset",
                              "--split-dir", "data/splits/16", "--weights", "data/weights/mobilenet_v2.pth",
-                             "--out", "runs/16"], cwd=dest, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--out", "runs/16/ddfp"], cwd=dest, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        wait_for(lambda: holder_pid(run) == hand.pid, "the hand-run training to hold runs/16", proc=hand)
-        repro = run_cmd(["dvc", "repro", "train@16"], dest, env, check=False)
+        wait_for(lambda: holder_pid(run) == hand.pid, "the hand-run training to hold runs/16/ddfp", proc=hand)
+        repro = run_cmd(["dvc", "repro", "train@16-ddfp"], dest, env, check=False)
     finally:
         err = finish(hand)[1]
     assert repro.returncode != 0
-    assert f"runs/16 is being written by pid {hand.pid} on host" in repro.stdout + repro.stderr
+    assert f"runs/16/ddfp is being written by pid {hand.pid} on host" in repro.stdout + repro.stderr
     assert hand.returncode == 0, err[-3000:]
     assert checkpoint.load(run / "last.pt")["done"]

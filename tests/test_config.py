@@ -83,3 +83,24 @@ def test_every_float_setting_must_be_finite(bad):
             value = [bad, shape[1]] if isinstance(shape, list) else bad
         with pytest.raises(ConfigError, match=re.escape(key) + ".*finite"):
             config.replace(cfg, {key: value})
+
+
+def test_student_bn_teacher_must_pseudo_label_in_train_mode():
+    # student_bn copies weights but never buffers: an eval-mode teacher would keep its initial BN
+    # statistics forever.
+    cfg = config.load(profile="smoke")
+    both = r"teacher\.mode.*student_bn.*teacher\.pseudo_label_mode.*pseudo_label_mode: train"
+    with pytest.raises(ConfigError, match=both):
+        config.replace(cfg, {"teacher.mode": "student_bn"})
+    released = config.replace(cfg, {"teacher.mode": "student_bn", "teacher.pseudo_label_mode": "train"})
+    assert released.teacher.mode == "student_bn"
+
+
+def test_method_controls_are_flags():
+    cfg = config.load(profile="smoke")
+    assert (cfg.flow.fit_on, cfg.perturb.direction) == ("student", "density")
+    with pytest.raises(ConfigError, match=r"flow\.fit_on"):
+        config.replace(cfg, {"flow.fit_on": "both"})
+    with pytest.raises(ConfigError, match=r"perturb\.direction"):
+        config.replace(cfg, {"perturb.direction": "up"})
+    assert config.replace(cfg, {"perturb.eps": 0.0}).perturb.eps == 0.0

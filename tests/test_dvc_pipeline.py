@@ -42,16 +42,45 @@ def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+# The smoke profile's splits x the default methods: one train and one evaluate stage each.
+MATRIX = {f"{stage}@{split}-{method}" for stage in ("train", "evaluate") for split in ("8", "16")
+          for method in ("supervised", "ddfp")}
+DATA_STAGES = {"download", "splits", "weights"}
+
+
+def test_methods_default_to_the_baseline_and_ddfp_and_are_distinct():
+    assert config.load(profile="demo").methods == ["supervised", "ddfp"]
+    smoke = config.load(profile="smoke")
+    for bad in ([], ["ddfp", "supervised", "ddfp"], ["fixmatch"]):
+        with pytest.raises(config.ConfigError, match=r"^invalid configuration:\n  methods"):
+            config.replace(smoke, {"methods": bad})
+
+
+def test_the_pipeline_trains_and_evaluates_every_split_and_method(project):
+    dest, env = project
+    listed = set(run(["dvc", "stage", "list", "--name-only"], dest, env).stdout.split())
+    assert listed == DATA_STAGES | MATRIX | {"report"}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    train = stages["train"]
+    assert "--set train.method=${item.method}" in train["cmd"] and "--out runs/${item.split}/${item.method}" in train["cmd"]
+    assert "--out metrics/${item.split}/${item.method}.json" in stages["evaluate"]["cmd"]
+    assert "methods" in stages["report"]["params"]
+
+
 @slow
 def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     dest, env = project
     first = run(["dvc", "repro"], dest, env).stdout
-    assert ran_stages(first) == {"download", "splits", "weights", "train@8", "train@16", "evaluate@8",
-                                 "evaluate@16", "report"}
+    assert ran_stages(first) == DATA_STAGES | MATRIX | {"report"}
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], dest, env).stdout)
     shown = json.dumps(metrics)
-    assert "metrics/8.json" in shown and "metrics/16.json" in shown and "val_miou" in shown
+    assert all(f"metrics/{s}/{m}.json" in shown for s in ("8", "16") for m in ("supervised", "ddfp")), shown
+    for split in ("8", "16"):
+        for method in ("supervised", "ddfp"):
+            assert json.loads((dest / "metrics" / split / f"{method}.json").read_text())["method"] == method
     report = (dest / "reports" / "results.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| labels"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["labels", "supervised", "ddfp", "ddfp - supervised"]
     assert re.search(r"^\|\s*8\s*\|", report, re.M) and re.search(r"^\|\s*16\s*\|", report, re.M)
     second = run(["dvc", "repro"], dest, env).stdout
     assert ran_stages(second) == set()
@@ -59,7 +88,7 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     (dest / "params.yaml").write_text(params.replace("eps: 4.0", "eps: 2.0"))
     status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
     changed = {name for name in status if not name.endswith(".dvc")}
-    assert {"train@8", "train@16"} <= changed
+    assert {"train@8-ddfp", "train@16-ddfp"} <= changed
     assert not changed & {"download", "splits", "weights"}
     (dest / "params.yaml").write_text(params)
 
@@ -68,10 +97,10 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
 def test_killed_training_resumes_from_its_checkpoint(project):
     dest, env = project
     run(["dvc", "repro"], dest, env)  # everything current (a no-op after the test above)
-    reference = json.loads((dest / "metrics" / "8.json").read_text())
-    ckpt = dest / "runs" / "8" / "last.pt"
+    reference = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
+    ckpt = dest / "runs" / "8" / "ddfp" / "last.pt"
     ckpt.unlink()
-    proc = subprocess.Popen(["dvc", "repro", "train@8"], cwd=dest, env=env, start_new_session=True,
+    proc = subprocess.Popen(["dvc", "repro", "train@8-ddfp"], cwd=dest, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -81,8 +110,8 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     proc.wait()
     out = run(["dvc", "repro"], dest, env)
     assert "resumed" in out.stdout + out.stderr
-    assert "train@16" not in ran_stages(out.stdout)
-    resumed = json.loads((dest / "metrics" / "8.json").read_text())
+    assert "train@8-ddfp" in ran_stages(out.stdout) <= {"train@8-ddfp", "evaluate@8-ddfp", "report"}
+    resumed = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
     assert resumed["val_miou"] == reference["val_miou"] and resumed["iterations"] == reference["iterations"]
 
 
@@ -103,7 +132,7 @@ def appended(path: Path, line: str):
 
 
 # The stages that run the method's code (evaluate rebuilds the model from ddfp/ too).
-METHOD_STAGES = {"train@8", "train@16", "evaluate@8", "evaluate@16"}
+METHOD_STAGES = MATRIX
 
 
 @slow
@@ -150,16 +179,16 @@ def test_a_sweep_s_inputs_come_from_dvc_or_a_folder_of_their_own(project):
 @slow
 def test_a_method_edit_retrains_from_scratch(project):
     """A finished checkpoint of other code is not "found finished": DVC reruns the stage and it trains.
-    Last in the module: it leaves train@8 locked with the edited code."""
+    Last in the module: it leaves train@8-supervised locked with the edited code."""
     dest, env = project
-    log = dest / "runs" / "8" / "train_log.json"
+    log = dest / "runs" / "8" / "supervised" / "train_log.json"
     before = log.stat().st_mtime_ns
     with appended(dest / "ddfp" / "step.py", "# a comment\n"):
-        out = run(["dvc", "repro", "train@8"], dest, env)
-        assert ran_stages(out.stdout) == {"train@8"}
+        out = run(["dvc", "repro", "train@8-supervised"], dest, env)
+        assert ran_stages(out.stdout) == {"train@8-supervised"}
         assert "resumed" not in out.stdout + out.stderr
         assert log.stat().st_mtime_ns != before  # trained again, not found finished
-        assert "train@8" not in changed_stages(dest, env)
+        assert "train@8-supervised" not in changed_stages(dest, env)
 
 
 # The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* functions).
@@ -205,7 +234,8 @@ def test_each_stage_lists_exactly_the_code_it_imports():
 
 
 def test_the_train_stage_reads_every_train_value_that_can_change_a_run():
-    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["params"]
+    # train.method is the matrix item, set on the command line: each method's stage has its own.
+    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
     keys = {k for k in config.load(profile="smoke").flat() if k.startswith("train.")}
     independent = {k for k in keys if k.startswith(RESUME_INDEPENDENT)} - {"train.max_iters"}
-    assert set(train) & keys == keys - independent
+    assert set(train) & keys == keys - independent - {"train.method"}

@@ -56,3 +56,9 @@ def test_a_run_that_cannot_start_a_service_names_every_skipped_test(tmp_path):
     assert "test_service.py::test_one: needs the frobnicator daemon" in tail
     assert "test_service.py::test_two" in tail and "test_plain" not in tail
     assert "sudo make test" in tail
+
+
+def test_the_demo_target_ends_with_the_compact_summary_not_the_wide_metrics_table():
+    plan = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert plan.index("dvc repro") < plan.index("ddfp summary")
+    assert "dvc metrics show" not in plan

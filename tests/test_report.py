@@ -2,6 +2,10 @@
 configuration; a missing split is named; MLflow is never read."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric, Param
@@ -19,17 +23,20 @@ def smoke(**overrides):
     return config.replace(config.load(profile="smoke"), {"tracking.enabled": True, **overrides})
 
 
-def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2):
-    """metrics/<split>.json and .run.json in the format run_evaluate writes (checked against it below)."""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2, method="ddfp"):
+    """metrics/<split>/<method>.json and .run.json in the format run_evaluate writes (checked against it below)."""
     iou = {"background": miou + 1, "stripes": miou - 1}
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / f"{split}.json").write_text(json.dumps({
-        "val_miou": miou, "reported_model": "teacher", "method": "ddfp", "split": split, "dataset": "synthetic",
+    (metrics_dir / split).mkdir(parents=True, exist_ok=True)
+    (metrics_dir / split / f"{method}.json").write_text(json.dumps({
+        "val_miou": miou, "reported_model": "teacher", "method": method, "split": split, "dataset": "synthetic",
         "seed": seed, "iterations": 40, "run_id": run_id, "val_miou_student": miou - 2, "val_miou_teacher": miou,
         "per_class_iou": iou}))
-    (metrics_dir / f"{split}.run.json").write_text(json.dumps({
+    (metrics_dir / split / f"{method}.run.json").write_text(json.dumps({
         "run_id": run_id, "split": split, "iterations": 40, "reported_model": "teacher",
-        "config": {"data.dataset": "synthetic", "profile": "smoke", "train.method": "ddfp", "train.seed": seed,
+        "config": {"data.dataset": "synthetic", "profile": "smoke", "train.method": method, "train.seed": seed,
                    "model.backbone": "mobilenet_v2", "perturb.eps": eps, "train.conf_thresh": 0.95},
         "history": [{"iteration": 20, "loss": 1.5}, {"iteration": 40, "loss": 1.1}],
         "evals": [{"epoch": 1, "iteration": 20, "val_miou_student": miou - 5},
@@ -62,7 +69,7 @@ def test_the_report_shows_the_run_of_the_metrics_file_not_the_newest_mlflow_run(
     finished_run(client, exp, 16.0, 11.11)
     write_evaluated(tmp_path / "metrics", "8", pipeline_run, eps=4.0, miou=27.68)
     # The current configuration says eps 1: neither run's value may be printed as theirs.
-    out = write_report(smoke(**{"data.splits": ["8"], "perturb.eps": 1.0}), tmp_path / "metrics",
+    out = write_report(smoke(**{"data.splits": ["8"], "methods": ["ddfp"], "perturb.eps": 1.0}), tmp_path / "metrics",
                        tmp_path / "reports" / "results.md")
     text = out.read_text()
     assert "27.68" in text and "11.11" not in text, text
@@ -74,20 +81,60 @@ def test_the_report_shows_the_run_of_the_metrics_file_not_the_newest_mlflow_run(
 
 def test_a_missing_split_is_named_and_the_report_is_still_written(tmp_path):
     write_evaluated(tmp_path / "metrics", "8", "run8", eps=4.0, miou=30.0)
-    (tmp_path / "metrics" / "32.json").write_text("{}")  # evaluated before .run.json existed: incomplete
-    cfg = smoke(**{"data.splits": ["8", "16", "32"]})
+    (tmp_path / "metrics" / "32").mkdir()
+    (tmp_path / "metrics" / "32" / "ddfp.json").write_text("{}")  # evaluated before .run.json existed: incomplete
+    cfg = smoke(**{"data.splits": ["8", "16", "32"], "methods": ["ddfp"]})
     text = write_report(cfg, tmp_path / "metrics", tmp_path / "reports" / "results.md").read_text()
     assert run_row(text, "run8")[0] == "8"
-    missing = [line for line in text.splitlines() if line.startswith("- split")]
+    missing = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(missing) == 2, text
-    assert "16" in missing[0] and "16.json" in missing[0] and "dvc repro evaluate@16" in missing[0]
-    assert "32.run.json" in missing[1] and "32.json," not in missing[1] and "dvc repro evaluate@32" in missing[1]
+    assert "16/ddfp.json" in missing[0] and "dvc repro evaluate@16-ddfp" in missing[0]
+    assert "32/ddfp.run.json" in missing[1] and "ddfp.json," not in missing[1]
+    assert "dvc repro evaluate@32-ddfp" in missing[1]
 
 
-def test_nothing_evaluated_yet_still_writes_a_report_naming_every_split(tmp_path):
+def test_nothing_evaluated_yet_still_writes_a_report_naming_every_split_and_method(tmp_path):
     cfg = smoke(**{"data.splits": ["8", "16"]})
     text = write_report(cfg, tmp_path / "metrics", tmp_path / "reports" / "results.md").read_text()
-    assert "dvc repro evaluate@8" in text and "dvc repro evaluate@16" in text
+    for stage in ("8-supervised", "8-ddfp", "16-supervised", "16-ddfp"):
+        assert f"dvc repro evaluate@{stage}`" in text, text
+
+
+def table_rows(text):
+    """The split x method table of results.md: header cells, then {labels: cells}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    end = next(i for i, row in enumerate(cells) if i > 1 and not row[0].isdigit())
+    return cells[0], {row[0]: row[1:] for row in cells[2:end]}
+
+
+def test_the_report_has_each_method_per_split_and_the_gain_of_ddfp(tmp_path):
+    metrics = tmp_path / "metrics"
+    write_evaluated(metrics, "8", "sup8", eps=4.0, miou=30.0, method="supervised")
+    write_evaluated(metrics, "8", "ddfp8", eps=4.0, miou=34.5)
+    write_evaluated(metrics, "16", "sup16", eps=4.0, miou=41.25, method="supervised")
+    text = write_report(smoke(**{"data.splits": ["8", "16"]}), metrics, tmp_path / "reports" / "results.md").read_text()
+    header, rows = table_rows(text)
+    assert header == ["labels", "supervised", "ddfp", "ddfp - supervised"], text
+    assert rows == {"8": ["30.00", "34.50", "+4.50"], "16": ["41.25", "", ""]}, text
+    assert [run_row(text, r)[1] for r in ("sup8", "ddfp8", "sup16")] == ["supervised", "ddfp", "supervised"]
+    assert "dvc repro evaluate@16-ddfp" in text and "evaluate@8-" not in text
+
+
+def test_the_summary_prints_the_table_and_where_the_outputs_are(tmp_path):
+    # The real command, as `make demo` runs it, in a project folder of its own.
+    write_evaluated(tmp_path / "metrics", "8", "sup8", eps=4.0, miou=30.0, method="supervised")
+    write_evaluated(tmp_path / "metrics", "8", "ddfp8", eps=4.0, miou=33.0)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "summary", "--profile", "smoke",
+                          "--set", "data.splits=[8]"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    row = next(line for line in out.splitlines() if line.startswith("| 8"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["8", "30.00", "33.00", "+3.00"], out
+    assert "reports/results.md" in out and "reports/miou_vs_labels.png" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in out, out
 
 
 @pytest.mark.slow
@@ -99,17 +146,17 @@ def test_two_evaluated_runs_with_different_eps_each_show_their_own(tiny_data, tm
         out = tmp_path / f"run_eps{eps:g}"
         run_ids[eps] = fit(cfg, paths(tiny_data, out), progress=False)["run_id"]
         run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
-                     tmp_path / f"metrics_eps{eps:g}" / "8.json")
+                     tmp_path / f"metrics_eps{eps:g}" / "8" / "ddfp.json")
     real, fixture = tmp_path / "metrics_eps4", tmp_path / "fixture"
     write_evaluated(fixture, "8", "x", eps=4.0, miou=1.0)
-    m, f = (json.loads((d / "8.json").read_text()) for d in (real, fixture))
+    m, f = (json.loads((d / "8" / "ddfp.json").read_text()) for d in (real, fixture))
     assert m.keys() == f.keys() and m["per_class_iou"].keys() == {"background", "stripes"} | m["per_class_iou"].keys()
-    run = json.loads((real / "8.run.json").read_text())
+    run = json.loads((real / "8" / "ddfp.run.json").read_text())
     assert run["run_id"] == run_ids[4.0] and run["iterations"] == 4 and run["config"]["perturb.eps"] == 4.0
     assert [set(r) for r in run["history"]] == [{"iteration", "loss"}] * 2
-    like = json.loads((fixture / "8.run.json").read_text())
+    like = json.loads((fixture / "8" / "ddfp.run.json").read_text())
     assert run.keys() == like.keys() and run["config"].keys() == like["config"].keys()
-    current = untracked_cfg(**{"perturb.eps": 1.0, "data.splits": ["8"]})
+    current = untracked_cfg(**{"perturb.eps": 1.0, "data.splits": ["8"], "methods": ["ddfp"]})
     for eps, run_id in run_ids.items():
         text = write_report(current, tmp_path / f"metrics_eps{eps:g}", tmp_path / f"r{eps:g}" / "results.md").read_text()
         assert run_row(text, run_id)[3] == str(eps), text

@@ -178,9 +178,10 @@ def test_dvc_repro_with_the_slurm_launcher(cluster, project):
     t0 = time.time()
     out = run(["dvc", "repro"], dest, env)
     print(f"dvc repro on SLURM: {time.time() - t0:.1f} s")
-    assert {"train@8", "train@16", "evaluate@8", "evaluate@16", "report"} <= ran_stages(out.stdout)
+    assert {f"{stage}@{split}-{method}" for stage in ("train", "evaluate") for split in ("8", "16")
+            for method in ("supervised", "ddfp")} | {"report"} <= ran_stages(out.stdout)
     assert "submitted SLURM job" in out.stdout + out.stderr
-    assert json.loads((dest / "metrics" / "16.json").read_text())["iterations"] == 4
+    assert json.loads((dest / "metrics" / "16" / "ddfp.json").read_text())["iterations"] == 4
     assert ran_stages(run(["dvc", "repro"], dest, env).stdout) == set()  # DVC's lock is right
 
 

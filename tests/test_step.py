@@ -2,12 +2,17 @@ import pytest
 import torch
 
 from ddfp import config
+from ddfp.data.spec import IGNORE_INDEX
+from ddfp.flow.prior import UNLABELLED
+from ddfp.losses import downsample_labels
+from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
 from pipeline.tracking import NullTracker
 from pipeline.run_state import Trainer
 from tests.conftest import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)
+WARMUP = Phase(semi=True, fit_flow=True, perturb=False)  # the flow's warm-up epoch: no perturbation
 
 
 def test_phases_follow_method_and_epoch(smoke_cfg):
@@ -23,24 +28,27 @@ def test_phases_follow_method_and_epoch(smoke_cfg):
 def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
     cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
     out = train_step(make_models(cfg), make_batch(cfg), DDFP, cfg)
-    for key in ("loss_sup", "loss_unsup", "loss_perturb", "flow_bpd", "nll_before", "nll_after",
+    for key in ("loss_sup", "loss_unsup", "loss_perturb", "flow_bpd", "nll_fit", "nll_query", "nll_after",
                 "delta_norm", "v_norm", "confident_ratio"):
         assert torch.isfinite(out.logs[key]), key
     assert abs(float(out.logs["delta_norm"]) - cfg.perturb.eps) < 1e-3
     assert float(out.logs["confident_ratio"]) > 0.5
 
 
-def test_skipping_diagnostics_leaves_the_losses_unchanged(smoke_cfg):
+@pytest.mark.parametrize("phase", [DDFP, WARMUP])
+def test_skipping_diagnostics_leaves_the_losses_unchanged(smoke_cfg, phase):
     # The trainer skips them on unlogged iterations; that must not change what is trained.
     cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
     models, batch = make_models(cfg), make_batch(cfg)
     runs = []
     for diagnostics in (True, False):
         torch.manual_seed(0)
-        runs.append(train_step(models, batch, DDFP, cfg, diagnostics=diagnostics))
+        runs.append(train_step(models, batch, phase, cfg, diagnostics=diagnostics))
     with_diag, without = runs
     assert torch.equal(with_diag.seg_loss, without.seg_loss)
-    assert "nll_after" in with_diag.logs and "nll_after" not in without.logs
+    assert torch.equal(with_diag.flow_loss, without.flow_loss)
+    assert {"nll_fit", "nll_query"} <= set(with_diag.logs)
+    assert not {"nll_fit", "nll_query", "nll_after"} & set(without.logs)
 
 
 def test_no_confident_pixel_gives_no_nan(smoke_cfg):
@@ -102,7 +110,8 @@ def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cf
     assert torch.isfinite(logits).all()
 
 
-def test_diagnostics_leave_the_random_stream_alone(smoke_cfg):
+@pytest.mark.parametrize("phase", [DDFP, WARMUP])
+def test_diagnostics_leave_the_random_stream_alone(smoke_cfg, phase):
     # train.log_every decides where diagnostics run; it must not change what is trained later, so
     # the diagnostics may not draw from the global generator that later steps draw from.
     cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
@@ -110,6 +119,92 @@ def test_diagnostics_leave_the_random_stream_alone(smoke_cfg):
     after = []
     for diagnostics in (True, False):
         torch.manual_seed(0)
-        train_step(models, batch, DDFP, cfg, diagnostics=diagnostics)
+        train_step(models, batch, phase, cfg, diagnostics=diagnostics)
         after.append(torch.rand(4))
     assert torch.equal(after[0], after[1])
+
+
+def _record_classifier_calls(models) -> list[dict]:
+    """Every call of the student's classifier (its arguments and features) and the images the student
+    encoded, through forward hooks: what the step really computed, dropout masks included."""
+    calls: list[dict] = []
+    models.student.backbone.register_forward_pre_hook(lambda m, args: calls.append({"images": args[0]}))
+    models.student.classifier.register_forward_hook(
+        lambda m, args, out: calls.append({"n_main": args[1], "update_stats": args[2], "feats": out[1]}))
+    return calls
+
+
+def _fit_nll(flow, feats, mask_x, ignore_u):
+    """The flow's fit loss on every pixel: labelled class-conditionally, unpadded unlabelled under the mixture."""
+    size = feats.shape[-2:]
+    pad_u = downsample_labels(ignore_u, size) == IGNORE_INDEX
+    lab_u = torch.full_like(pad_u, UNLABELLED, dtype=torch.long).masked_fill(pad_u, IGNORE_INDEX)
+    labels = torch.cat([downsample_labels(mask_x, size), lab_u]).reshape(-1)
+    keep = labels != IGNORE_INDEX
+    with torch.no_grad():
+        return flow.nll(pixels_last(feats)[keep], labels[keep]).nll
+
+
+def _fit_cfg(smoke_cfg, **extra):
+    # Every pixel enters the fit and no noise is added: the fit loss is then a function of the features.
+    return config.replace(smoke_cfg, {"flow.num_samples": 4096, "flow.input_noise": 0.0,
+                                      "train.cutmix_prob": 1.0, **extra})
+
+
+def _batch_padded_unevenly(cfg):
+    # Only the top half of unlabelled image 0 is padding: CutMix moves padding between images.
+    batch = make_batch(cfg)
+    batch.ignore_u.zero_()
+    batch.ignore_u[0, : batch.ignore_u.shape[1] // 2] = IGNORE_INDEX
+    return batch
+
+
+@pytest.mark.parametrize("phase", [DDFP, WARMUP])
+def test_flow_is_fitted_on_the_students_main_pass_features_without_mixed_padding(smoke_cfg, phase):
+    cfg = _fit_cfg(smoke_cfg)
+    models, batch = make_models(cfg), _batch_padded_unevenly(cfg)
+    calls = _record_classifier_calls(models)
+    b = batch.img_x.shape[0]
+    out = train_step(models, batch, phase, cfg, diagnostics=False)
+    main = calls[-1]  # the search pass (DDFP) comes before the main pass
+    assert main["n_main"] == (2 * b if phase.perturb else b)
+    img_s = calls[0]["images"][b:]
+    inside = (img_s != batch.img_u_s).any(dim=1)  # CutMix boxes: content of the next image
+    mixed = torch.where(inside, batch.ignore_u.roll(-1, dims=0), batch.ignore_u)
+    assert inside.any() and not torch.equal(mixed, batch.ignore_u)
+    feats = main["feats"][: 2 * b].detach()
+    torch.testing.assert_close(out.flow_loss, _fit_nll(models.flow, feats, batch.mask_x, mixed))
+    assert not torch.allclose(out.flow_loss, _fit_nll(models.flow, feats, batch.mask_x, batch.ignore_u))
+
+
+def test_fit_on_teacher_fits_the_teachers_clean_features(smoke_cfg):
+    cfg = _fit_cfg(smoke_cfg, **{"flow.fit_on": "teacher"})
+    models, batch = make_models(cfg), _batch_padded_unevenly(cfg)
+    out = train_step(models, batch, DDFP, cfg, diagnostics=False)
+    with torch.no_grad():
+        t_feats = models.teacher.eval()(torch.cat([batch.img_x, batch.img_u_w])).feats
+    torch.testing.assert_close(out.flow_loss, _fit_nll(models.flow, t_feats, batch.mask_x, batch.ignore_u))
+
+
+def _confident_nll(flow, feats, confident):
+    with torch.no_grad():
+        return -flow.log_prob(pixels_last(feats))[confident.reshape(-1)].mean()
+
+
+@pytest.mark.parametrize("phase", [DDFP, WARMUP])
+def test_nll_fit_and_nll_query_measure_the_fitted_and_the_searched_features(smoke_cfg, phase):
+    cfg = _fit_cfg(smoke_cfg, **{"train.conf_thresh": 0.0})  # every unpadded pixel is confident
+    models, batch = make_models(cfg), _batch_padded_unevenly(cfg)
+    calls = _record_classifier_calls(models)
+    b = batch.img_x.shape[0]
+    out = train_step(models, batch, phase, cfg, diagnostics=True)
+    passes = [c for c in calls if "feats" in c]
+    main = passes[1] if phase.perturb else passes[0]
+    query = passes[0] if phase.perturb else passes[1]  # warm-up: the search's pass, for the record only
+    assert (query["n_main"], query["update_stats"]) == (0, False)  # aux BN, batch statistics, no trace
+    img_s = calls[0]["images"][b:]
+    inside = (img_s != batch.img_u_s).any(dim=1)
+    mixed = torch.where(inside, batch.ignore_u.roll(-1, dims=0), batch.ignore_u)
+    confident = downsample_labels(mixed, main["feats"].shape[-2:]) != IGNORE_INDEX
+    torch.testing.assert_close(out.logs["nll_fit"], _confident_nll(models.flow, main["feats"][b : 2 * b], confident))
+    torch.testing.assert_close(out.logs["nll_query"], _confident_nll(models.flow, query["feats"], confident))

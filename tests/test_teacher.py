@@ -1,7 +1,12 @@
 import torch
 from torch import nn
 
-from ddfp.teacher import ema_decay, make_teacher, update_teacher
+from ddfp import config
+from ddfp.step import Phase
+from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
+from pipeline.run_state import Trainer
+from pipeline.tracking import NullTracker
+from tests.conftest import make_batch
 
 
 def net():
@@ -48,3 +53,37 @@ def test_student_bn_mode_copies_weights_keeps_own_buffers():
     assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters()))
     assert not torch.equal(teacher[1].running_mean, student[1].running_mean)
     assert teacher[0].weight.data_ptr() != student[0].weight.data_ptr()
+
+
+def test_hand_off_copies_parameters_and_buffers():
+    student, other = net(), net()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.fill_(3.0)
+        student[1].num_batches_tracked.fill_(7)
+    teacher = make_teacher(other)
+    hand_off(teacher, student)
+    for (name, t), s in zip(teacher.state_dict().items(), student.state_dict().values()):
+        assert torch.equal(t, s), name
+    assert teacher[0].weight.data_ptr() != student[0].weight.data_ptr()
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
+    # The supervised epochs train the student; the teacher built from the initial network must not
+    # pseudo-label the first semi-supervised batch.
+    cfg = config.replace(smoke_cfg, {"train.max_iters": 2})
+    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    t0 = cfg.train.sup_only_epochs * tr.iters_per_epoch
+    for it in range(t0):
+        tr.run_iteration(make_batch(cfg, seed=it), Phase.at_epoch(0, cfg), diagnostics=False)
+        tr.iteration += 1
+    seen = {}
+
+    def compare(module, args):
+        student = tr.models.student.state_dict()
+        seen["differs"] = [k for k, v in module.state_dict().items() if not torch.equal(v, student[k])]
+
+    tr.models.teacher.register_forward_pre_hook(compare)
+    tr.run_iteration(make_batch(cfg, seed=t0), Phase.at_epoch(cfg.train.sup_only_epochs, cfg), diagnostics=False)
+    assert seen["differs"] == []

@@ -73,7 +73,7 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert straight["iterations"] == resumed["iterations"] == 25
     assert_same(states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt"))
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
-    assert {"flow_bpd", "nll_before", "nll_after", "delta_norm", "confident_ratio"} <= set(log[-1])
+    assert {"flow_bpd", "nll_query", "nll_after", "delta_norm", "confident_ratio"} <= set(log[-1])
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_data, tmp_path, capsys):
@@ -113,3 +113,18 @@ def test_schedules():
     cfg = tiny_cfg()
     assert flow_lr(cfg, cfg.train.flow_start_epoch) == cfg.flow.lr
     assert flow_lr(cfg, cfg.train.epochs) == pytest.approx(cfg.flow.lr * cfg.flow.lr_decay)
+
+
+def test_an_iteration_budget_gives_every_split_the_same_schedule(tiny_data, tmp_path):
+    # Epoch length is |unlabelled| / batch by default, so a split with more labels would train fewer
+    # iterations; train.iters_per_epoch fixes the budget whatever the split sizes.
+    from pipeline.run_state import Trainer
+    from pipeline.tracking import NullTracker
+
+    cfg = tiny_cfg(**{"train.iters_per_epoch": 3})
+    tr = Trainer(cfg, paths(tiny_data, tmp_path), NullTracker(), torch.device("cpu"))
+    assert tr.iters_per_epoch == 3
+    assert tr.total_iters == 3 * cfg.train.epochs
+    default = Trainer(tiny_cfg(), paths(tiny_data, tmp_path), NullTracker(), torch.device("cpu"))
+    n_unlabelled = len((tiny_data / "splits" / "8" / "unlabeled.txt").read_text().splitlines())
+    assert default.iters_per_epoch == n_unlabelled // cfg.train.batch_size

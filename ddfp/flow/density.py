@@ -1,6 +1,7 @@
 """The density estimator: a GLOW coupling flow (FrEIA) on 256-d pixel features + a GMM prior.
 
-Fitted online on the teacher's clean features; queried by the perturbation on the student's features.
+Fitted online on clean features (the student's main pass by default, flow.fit_on); queried by the
+perturbation on the student's features.
 Runs in fp32 whatever the caller's autocast: log-determinants and exp-scaled couplings are not
 bf16-safe.
 """

@@ -17,9 +17,11 @@ from ddfp.config import ModelConfig
 from ddfp.model.backbone import build_backbone, load_backbone_weights
 from ddfp.model.dual_bn import DualBatchNorm2d
 
-ASPP_CHANNELS = 256
 LOW_CHANNELS = 48
-FEATURE_CHANNELS = 256  # classifier output: the flow's input dimension
+
+
+# model.head_channels (the paper's 256) is the width of every ASPP branch, of the ASPP head and of the
+# classifier, whose output the flow models.
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -32,14 +34,13 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> 
 
 
 class ASPP(nn.Module):
-    """Image pooling + 1x1 + three dilated 3x3 branches of 256 channels, concatenated (1280)."""
+    """Image pooling + 1x1 + three dilated 3x3 branches of `width` channels, concatenated (5 x width)."""
 
-    def __init__(self, c_in: int, dilations: tuple[int, int, int]) -> None:
+    def __init__(self, c_in: int, dilations: tuple[int, int, int], width: int) -> None:
         super().__init__()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_bn_relu(c_in, ASPP_CHANNELS))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_bn_relu(c_in, width))
         self.branches = nn.ModuleList(
-            [_conv_bn_relu(c_in, ASPP_CHANNELS)]
-            + [_conv_bn_relu(c_in, ASPP_CHANNELS, 3, d) for d in dilations]
+            [_conv_bn_relu(c_in, width)] + [_conv_bn_relu(c_in, width, 3, d) for d in dilations]
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,16 +49,16 @@ class ASPP(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Two 3x3 conv blocks with dual BN (304 -> 256 -> 256), then the 1x1 class projection."""
+    """Two 3x3 conv blocks with dual BN (304 -> 256 -> 256 at the paper's width), then the 1x1 class projection."""
 
-    def __init__(self, c_in: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, c_in: int, num_classes: int, dropout: float, width: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, FEATURE_CHANNELS, 3, padding=1)
-        self.bn1 = DualBatchNorm2d(FEATURE_CHANNELS)
-        self.conv2 = nn.Conv2d(FEATURE_CHANNELS, FEATURE_CHANNELS, 3, padding=1)
-        self.bn2 = DualBatchNorm2d(FEATURE_CHANNELS)
+        self.conv1 = nn.Conv2d(c_in, width, 3, padding=1)
+        self.bn1 = DualBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn2 = DualBatchNorm2d(width)
         self.drop = nn.Dropout2d(dropout)
-        self.final = nn.Conv2d(FEATURE_CHANNELS, num_classes, 1)
+        self.final = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, v: Tensor, n_main: int, update_stats: bool = True) -> tuple[Tensor, Tensor]:
         x = self.drop(F.relu(self.bn1(self.conv1(v), n_main, update_stats)))
@@ -68,33 +69,32 @@ class Classifier(nn.Module):
 @dataclass
 class SegOutput:
     logits: Tensor  # B x C x H x W at input resolution
-    feats: Tensor  # B x 256 x h x w at stride 4: the density estimator's input
+    feats: Tensor  # B x head_channels x h x w at stride 4: the density estimator's input
 
 
 class DeepLabV3Plus(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
         super().__init__()
+        width = cfg.head_channels
         self.backbone = build_backbone(cfg.backbone, cfg.output_stride)
-        self.aspp = ASPP(self.backbone.high_channels, cfg.aspp_dilations)
-        self.aspp_head = nn.Sequential(
-            _conv_bn_relu(5 * ASPP_CHANNELS, ASPP_CHANNELS, 3), nn.Dropout2d(cfg.dropout)
-        )
+        self.aspp = ASPP(self.backbone.high_channels, cfg.aspp_dilations, width)
+        self.aspp_head = nn.Sequential(_conv_bn_relu(5 * width, width, 3), nn.Dropout2d(cfg.dropout))
         self.low_proj = nn.Sequential(
             nn.Conv2d(self.backbone.low_channels, LOW_CHANNELS, 1),
             nn.BatchNorm2d(LOW_CHANNELS),
             nn.ReLU(inplace=True),
         )
-        self.classifier = Classifier(LOW_CHANNELS + ASPP_CHANNELS, num_classes, cfg.dropout)
+        self.classifier = Classifier(LOW_CHANNELS + width, num_classes, cfg.dropout, width)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Image -> V, the 304-channel [low 48 ; ASPP 256] feature at stride 4."""
+        """Image -> V, the [low 48 ; ASPP head_channels] feature at stride 4 (304 channels in the paper)."""
         low, high = self.backbone(x)
         aspp = self.aspp_head(self.aspp(high))
         aspp = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=True)
         return torch.cat([self.low_proj(low), aspp], dim=1)
 
     def classify(self, v: Tensor, n_main: int | None = None, update_stats: bool = True) -> tuple[Tensor, Tensor]:
-        """V -> (stride-4 logits, 256-channel features); samples from n_main on use the aux BN."""
+        """V -> (stride-4 logits, head_channels features); samples from n_main on use the aux BN."""
         return self.classifier(v, v.shape[0] if n_main is None else n_main, update_stats)
 
     def forward(self, x: Tensor, n_main: int | None = None) -> SegOutput:
