@@ -18,7 +18,7 @@ from typing import Callable
 
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError
-from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DdfpError
+from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DataError, DdfpError
 from pipeline.inputs import INPUTS_RULE
 from pipeline.secrets import redact
 
@@ -137,6 +137,19 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(load_config(args), args.metrics, args.out))
 
 
+def cmd_readme(args: argparse.Namespace) -> None:
+    from pipeline.readme import stale_blocks, update
+
+    if args.check:
+        stale = stale_blocks(args.readme, args.readme.parent)
+        if stale:
+            raise DataError(f"{args.readme}: the blocks of {', '.join(stale)} differ from the reports; "
+                            "run `ddfp readme`")
+        return
+    stale = update(args.readme, args.readme.parent)
+    print(f"{args.readme}: " + (f"updated from {', '.join(stale)}" if stale else "up to date"))
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     """The split x method table and where the report, figures and MLflow runs are (end of `make demo`)."""
     from pipeline.report import summary_text
@@ -144,6 +157,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
     cfg = load_config(args)
     print(redact(summary_text(cfg, args.metrics, args.reports, tracking_uri(cfg))))
+
+
+def cmd_mlflow_picture(args: argparse.Namespace) -> None:
+    from pipeline.mlflow_picture import take_picture
+    from pipeline.run_identity import tracking_uri
+
+    take_picture(args.metrics, args.tracking_uri or tracking_uri(load_config(args)), args.out)
+    print(args.out)
 
 
 def cmd_ablation(args: argparse.Namespace) -> None:
@@ -230,9 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "tabulate the metrics of every split")
     p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
     p.add_argument("--out", type=Path, default=Path("reports/results.md"), help="the Markdown table to write")
+    p = add("mlflow-picture", cmd_mlflow_picture, "screenshot of the MLflow UI comparing the evaluated runs")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="holds the evaluate stage's *.run.json")
+    p.add_argument("--tracking-uri", help="store or server URL (default: tracking.uri, else as training)")
+    p.add_argument("--out", type=Path, default=Path("reports/mlflow_compare.png"), help="the PNG to write")
     p = add("summary", cmd_summary, "print val mIoU per split and method, and where the report and MLflow runs are")
     p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
     p.add_argument("--reports", type=Path, default=Path("reports"), help="where `ddfp report` wrote results.md")
+    p = sub.add_parser("readme", help="copy the reports into the README's include blocks",
+                       description="rewrite each <!-- include reports/<file>.md --> block of the README")
+    p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default: README.md)")
+    p.add_argument("--check", action="store_true", help="only fail (exit 3) if a block is stale")
+    p.set_defaults(fn=cmd_readme)
     p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
     p.add_argument("--splits", help="comma list (default: data.splits)")
     p.add_argument("--data", type=Path, default=Path("data/dataset"), help="dataset root")

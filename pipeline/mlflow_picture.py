@@ -201,21 +201,19 @@ def show_differing_params(driver) -> None:
         toggle.click()
 
 
-# How far the widest sideways-scrolling box (run details, params and metrics tables) overflows.
-OVERFLOW = """return Math.max(0, ...[...document.querySelectorAll('*')]
-  .filter(e => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
-  .map(e => e.scrollWidth - e.clientWidth));"""
+# The compare tables share the window's width between a names column and one column per run; a
+# run id (32 characters) needs about this much to show whole.
+SIDEBAR_AND_NAMES_PX, RUN_COLUMN_PX = 480, 300
+# Back to the left edge: a sideways-scrolled table hides the start of the first run's column.
+UNSCROLL = """document.querySelectorAll('*').forEach(e => {
+  if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) e.scrollLeft = 0; });"""
 
 
-def fit_width(driver) -> None:
-    """Widen the window until no table scrolls sideways, so that no run's column is cut off."""
-    for _ in range(5):
-        extra = driver.execute_script(OVERFLOW)
-        if extra <= 0:
-            return
-        size = driver.get_window_size()
-        driver.set_window_size(size["width"] + extra + 40, size["height"])
-        time.sleep(0.5)
+def fit_width(driver, n_runs: int) -> None:
+    """A window wide enough for every run's column."""
+    width = max(1400, SIDEBAR_AND_NAMES_PX + RUN_COLUMN_PX * n_runs)
+    driver.set_window_size(width, driver.get_window_size()["height"])
+    time.sleep(0.5)
 
 
 def fit_height(driver, first, last) -> None:
@@ -238,11 +236,12 @@ def shoot(driver, url: str, runs: list[RecordedRun], out: Path) -> str:
     if not all(name in body for name in names):
         raise JobError(f"{url}: the MLflow compare view did not show the runs {names}")
     show_differing_params(driver)
-    fit_width(driver)
+    fit_width(driver, len(runs))
     scroll_metrics_to_val_miou(driver)
     section = driver.find_element("xpath", "//*[normalize-space(text())='Run details']")
     grids = driver.execute_script(METRIC_GRIDS + "return grids;")
     fit_height(driver, section, grids[-1])
+    driver.execute_script(UNSCROLL)
     write_bytes_atomic(out, driver.get_screenshot_as_png())
     return driver.find_element("tag name", "body").text
 

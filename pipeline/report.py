@@ -194,9 +194,10 @@ def mlflow_hint(uri: str) -> str:
     """How to look at the runs of `uri`: the address of a server, or the UI command for a store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    # The UI command of this interpreter's environment: `make demo` runs from the venv.
-    mlflow = os.path.relpath(Path(sys.executable).parent / "mlflow")
-    return f"{mlflow} ui --backend-store-uri {uri} --port 5000, then open http://127.0.0.1:5000"
+    # The UI command of this interpreter's environment (`make demo` runs from the venv), short when in the project.
+    mlflow = Path(sys.executable).parent / "mlflow"
+    shown = os.path.relpath(mlflow) if mlflow.is_relative_to(Path.cwd()) else str(mlflow)
+    return f"{shown} ui --backend-store-uri {uri} --port 5000, then open http://127.0.0.1:5000"
 
 
 def summary_text(cfg: Config, metrics_dir: Path, reports_dir: Path, tracking_uri: str) -> str:

@@ -19,7 +19,9 @@ def test_head_channels_set_the_aspp_classifier_and_flow_widths(smoke_cfg):
     assert trainer.models.flow.dim == 64  # the flow models the classifier's features
 
 
-def test_the_default_head_is_the_papers(smoke_cfg):
-    model = build_model(smoke_cfg.model, 5)
+def test_the_pascal_and_cityscapes_heads_are_the_papers():
+    for profile in ("pascal", "cityscapes"):
+        assert config.load(profile=profile).model.head_channels == 256
+    model = build_model(config.load(profile="pascal").model.model_copy(update={"backbone": "mobilenet_v2"}), 5)
     assert model.classifier.conv2.out_channels == 256
     assert model.aspp_head[0][0].out_channels == 256

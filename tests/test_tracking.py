@@ -17,6 +17,7 @@ from test_trainer import tiny_cfg as untracked_cfg
 
 from ddfp import config
 from pipeline.evaluation_stage import run_evaluate
+from pipeline.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
 from pipeline.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
 from pipeline.tracking import dvc_hashes, group_hash
@@ -236,31 +237,6 @@ def test_report_table_has_mean_and_std_over_seeds_and_the_paper_on_pascal():
     assert table.index("92") < table.index("183")
 
 
-def chromium():
-    """Debian's headless Chromium through Debian's chromedriver (never a downloaded browser)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        require_service("needs Debian's chromium and chromium-driver (`make test` installs them, as root)")
-    opts = Options()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-
-
-def wait_for_text(driver, needles, timeout_s=60) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body = driver.find_element("tag name", "body").text
-        if all(n in body for n in needles) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.5)
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.mlflow_server
@@ -276,6 +252,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
         run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False)["run_id"])
         mious.append(run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", split_dir, out / "m.json")["val_miou"])
     exp_id = MlflowClient(mlflow_server.url).get_run(run_ids[0]).info.experiment_id
+    require_service(missing_browser())
     driver = chromium()
     try:
         # The runs page nests the split runs under their parent run: check that grouping first.
@@ -293,14 +270,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
         driver.find_element("css selector", "button[aria-label='Close']").click()  # the assistant panel
         driver.execute_script("arguments[0].scrollIntoView()",
                               driver.find_element("css selector", "button[aria-label='Metrics - Show diff only']"))
-        for _ in range(20):  # names and values are two grids scrolled in sync: bring both to the end
-            grids = driver.execute_script(
-                "const gs = [...document.querySelectorAll('.ReactVirtualized__Grid')].slice(-2);"
-                "gs.forEach(g => { g.scrollTop = g.scrollHeight; }); return gs.map(g => g.innerText);")
-            names, values = grids
-            if "val_miou" in names.split("\n"):
-                break
-            time.sleep(0.5)
+        names, values = scroll_metrics_to_val_miou(driver)
         assert "val_miou" in names.split("\n"), names[-500:]
         assert all(f"{m:.4g}" in values.split("\n") for m in mious), (mious, values[-500:])
         # One picture with the run names, the params and the val_miou rows: a tall window.
@@ -308,7 +278,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
         section = driver.find_element("xpath", "//*[normalize-space(text())='Run details']")
         driver.execute_script("arguments[0].scrollIntoView()", section)
         time.sleep(1)
-        shot = Path(os.environ.get("DDFP_SCREENSHOT", tmp_path / "mlflow_compare.png"))
+        shot = tmp_path / "mlflow_compare.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
