@@ -38,6 +38,12 @@ def _full_disk(path: Path, existed: bool) -> DataError:
     return DataError(f"{path}: no space left on the device; {kept}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Yield an open temporary file; on success it replaces `path`, on any error it vanishes."""
@@ -46,6 +52,8 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp's 0600 would survive the rename: give the file what open() would (0666 - umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -69,6 +77,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename, as in atomic_write
         yield tmp
         _swap_into_place(tmp, dest)
     except BaseException as err:
