@@ -82,7 +82,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
                  tmp_path / "metrics" / "8.json")
     client = MlflowClient(mlflow_server.url)
     run = client.get_run(summary["run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "synthetic-8-ddfp-seed2"
+    assert run.info.status == "FINISHED" and run.info.run_name == "synthetic-8-ddfp-seed0"
     p = run.data.params
     assert (p["split"], p["perturb.eps"], p["train.method"], p["world_size"], p["global_batch"]) == \
         ("8", "4.0", "ddfp", "1", "4")
@@ -215,9 +215,9 @@ def test_a_password_in_the_config_never_reaches_the_store_or_reports(tiny_data, 
     cfg = tiny_cfg(**{"train.max_iters": 4, "download.mirror": f"https://alice:{secret}@mirror.example.org/voc"})
     fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
     run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
-                 tmp_path / "metrics" / "8.json")
+                 tmp_path / "metrics" / "8" / "ddfp.json")
     write_report(config.replace(cfg, {"data.splits": ["8"]}), tmp_path / "metrics", tmp_path / "reports" / "r.md")
-    client, runs = runs_named(f"sqlite:///{store / 'mlflow.db'}", "synthetic-8-ddfp-seed2")
+    client, runs = runs_named(f"sqlite:///{store / 'mlflow.db'}", "synthetic-8-ddfp-seed0")
     assert runs[0].data.params["download.mirror"] == "https://alice:***@mirror.example.org/voc"
     files = [f for d in (store, tmp_path / "reports", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
     assert len(files) > 4
