@@ -42,8 +42,8 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
     write_json_atomic(frame.to_dict(orient="records"), out / "sensitivity.json")
     text = "\n".join([
         f"# DDFP sensitivity: split {split}, seed 0", "",
-        "One setting changed at a time from the defaults (eps 4, threshold 0.95); `default` rows are the",
-        "ablation's seed-0 runs. Diagnostics: means over the last epoch's logged iterations.", "",
+        "One setting changed at a time from the demo recipe's eps 4 and threshold 0.8; `default` rows are",
+        "the ablation's seed-0 runs. Diagnostics: means over the last epoch's logged iterations.", "",
         numeric_markdown(frame), "",
     ])
     write_text_atomic(out / "sensitivity.md", text)
