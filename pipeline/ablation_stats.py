@@ -68,9 +68,35 @@ def goal_rows(per_arm: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
         on_mean = p.mean > goal.gap if goal.strict else p.mean >= goal.gap
         met = p.n > 0 and on_mean and (not goal.ci_above_zero or p.low > 0)
         rows.append({"comparison": f"DDFP - {arm}", "n": p.n, "mean": f"{p.mean:+.2f}",
-                     "95% CI": "-" if math.isnan(p.low) else f"[{p.low:+.2f}, {p.high:+.2f}]",
+                     "95% CI": _ci(p),
                      "goal": goal.text(), "verdict": "met" if met else "NOT met"})
     return rows
+
+
+PAIRS = (("ddfp", "supervised"), ("mean_teacher", "supervised"), ("ddfp", "mean_teacher"))
+
+
+def _ci(p: Paired) -> str:
+    return "-" if math.isnan(p.low) else f"[{p.low:+.2f}, {p.high:+.2f}]"
+
+
+def split_pairs(frame: pd.DataFrame, splits: list[str]) -> list[dict[str, Any]]:
+    """The main methods' paired differences at every split: what the label curve says per seed. Only
+    the smallest split carries the goals; these are for reading, not for claiming."""
+    rows = []
+    for split in sorted(set(frame["split"]), key=lambda s: labels_of(s, splits)):
+        at = frame[frame.split == split]
+        per_arm = {a: dict(zip(g["seed"], g["val_miou"])) for a, g in at.groupby("arm")}
+        for a, b in PAIRS:
+            if a in per_arm and b in per_arm:
+                p = paired_difference(per_arm[a], per_arm[b])
+                rows.append({"labels": labels_of(split, splits), "comparison": f"{_name(a)} - {b}", "n": p.n,
+                             "mean": f"{p.mean:+.2f}", "95% CI": _ci(p)})
+    return rows
+
+
+def _name(arm: str) -> str:
+    return "DDFP" if arm == "ddfp" else arm
 
 
 def summary_frame(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +167,8 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
     t = cfg.train
     text = "\n".join([
         f"# Ablation: {cfg.data.dataset} ({cfg.profile} profile)", "",
-        f"Validation mIoU (%) of the reported model ({cfg.eval.model}), mean ± std over seeds (count). eps "
+        f"Validation mIoU (%) of the reported model ({cfg.eval.model}; the student for supervised arms), mean ± "
+        f"std over seeds (count). eps "
         f"{cfg.perturb.eps}, threshold {t.conf_thresh}, {t.epochs} epochs of "
         f"{t.iters_per_epoch or '|unlabelled| / batch'} iterations. Per-run records: ablation_runs/; "
         "raw values: ablation.json.", "", line, "", _table(summary, arms), "",
@@ -149,6 +176,9 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
         "its 95 % confidence interval (t-distribution, n - 1 degrees of freedom).", "",
         pd.DataFrame(goal_rows(per_arm)).to_markdown(index=False, disable_numparse=True), "",
         "Label curve (mean mIoU by labelled split):", "", *curve_lines(summary), "",
+        "Paired by seed at every split (the main methods; no goal here, and the splits other than the "
+        "smallest have fewer seeds):", "",
+        pd.DataFrame(split_pairs(frame, cfg.data.splits)).to_markdown(index=False, disable_numparse=True), "",
         "Diagnostics, means over seeds. From the training log (last epoch's logged iterations): confident_ratio, "
         "nll_fit (flow NLL where it is fitted), nll_query (where the perturbation gradient is taken), nll_after, "
         "nll_rise = nll_after - nll_query. From the final teacher (student for supervised arms) on the "

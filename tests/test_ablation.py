@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_trainer import tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
 
 from ddfp import config
 from pipeline.ablation import (ARMS, Cell, all_labels_split, arm_config, commit_records, plan, record_config,
                                record_path, run_ablation, train_log_diagnostics)
-from pipeline.ablation_stats import goal_rows, paired_difference
+from pipeline.ablation_stats import goal_rows, paired_difference, split_pairs
 from pipeline.code_version import code_digest
 
 DDFP = str(Path(sys.executable).parent / "ddfp")
@@ -73,6 +74,17 @@ def test_goal_rows_ask_the_interval_above_zero_where_the_goal_does():
     assert rows["DDFP - mean_teacher"]["95% CI"] == "[+1.04, +4.96]"
     assert rows["DDFP - ddfp_eps0"]["verdict"] == "NOT met"
     assert rows["DDFP - ddfp_random"]["verdict"] == "NOT met" and rows["DDFP - ddfp_random"]["n"] == 0
+
+
+def test_every_split_gets_the_paired_differences_of_the_main_methods():
+    frame = pd.DataFrame([{"arm": arm, "split": split, "seed": seed, "val_miou": base + seed + gain}
+                          for split, base in (("16", 30.0), ("32", 40.0))
+                          for arm, gain in (("supervised", 0.0), ("mean_teacher", 1.0), ("ddfp", 3.0))
+                          for seed in range(3)])
+    rows = {(r["labels"], r["comparison"]): r for r in split_pairs(frame, ["16", "32"])}
+    assert rows[(32, "DDFP - supervised")]["mean"] == "+3.00" and rows[(32, "DDFP - supervised")]["n"] == 3
+    assert rows[(16, "DDFP - mean_teacher")]["mean"] == "+2.00"
+    assert rows[(16, "mean_teacher - supervised")]["95% CI"] == "[+1.00, +1.00]"  # no spread: a point
 
 
 def test_train_log_diagnostics_are_last_epoch_means_with_the_nll_rise(tmp_path):
