@@ -4,7 +4,7 @@
 # method, so no setting is chosen from DDFP's gain. Every run: the demo profile, a fixed budget of
 # train.epochs x 50 iterations, evaluated with whole images and with 64 px sliding windows (the
 # training crop). Prints one JSON row per (setting, split, seed, protocol); results go to
-# runs/scan/ (not committed) and benchmarks/recipe_scan.json.
+# runs/scan/ (not committed) and benchmarks/recipe_scan.json; then the threshold scan.
 #   usage: benchmarks/recipe_scan.sh         (needs `dvc repro download splits weights` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,3 +55,14 @@ Path("benchmarks/recipe_scan.json").write_text(json.dumps(rows, indent=1) + "\n"
 for r in rows:
     print(json.dumps(r))
 PY
+
+# The threshold: the supervised student at the hand-off (200 iterations of the chosen recipe's
+# budget) as a pseudo-labeller, seeds 0 and 1 (benchmarks/threshold_scan.py).
+for seed in 0 1; do
+  out=$WORK/handoff/seed$seed; mkdir -p "$out"
+  OMP_NUM_THREADS=1 "$DDFP" train --profile demo --set train.method=supervised --set tracking.enabled=false \
+      --set train.max_iters=200 --set train.seed=$seed --data data/dataset --split-dir data/splits/16 \
+      --weights data/weights/mobilenet_v2.pth --out "$out" > "$out.log" 2>&1 &
+done
+wait
+.venv/bin/python benchmarks/threshold_scan.py "$WORK"/handoff/seed*/last.pt

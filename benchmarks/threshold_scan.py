@@ -6,7 +6,8 @@ training images of the 16-label split scored against their real masks with the e
 protocol: the confident share, the precision of confident pixels, the foreground coverage and the
 background share of confident pixels. No semi-supervised run is involved.
   usage: python benchmarks/threshold_scan.py runs/scan/handoff/seed0/last.pt [...]
-  (the checkpoints: supervised demo runs stopped at train.max_iters=200; benchmarks/recipe_scan.sh)
+  (the checkpoints: supervised demo runs stopped at train.max_iters=200, made by the end of
+  benchmarks/recipe_scan.sh)
 """
 
 import json
