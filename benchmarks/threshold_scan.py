@@ -14,35 +14,23 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from ddfp import config
-from ddfp.data.dataset import SegDataset, read_split_file
-from ddfp.data.spec import get_spec
-from ddfp.metrics import pseudo_label_counts, pseudo_label_quality
 from pipeline import checkpoint
-from pipeline.evaluate import class_probs
-from pipeline.evaluation_stage import trained_models
+from pipeline.ablation import pseudo_label_diagnostics
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
+SPLIT = Path("data/splits/16")
 
 
 def main(ckpts: list[str]) -> None:
     for ckpt in ckpts:
         state = checkpoint.load(Path(ckpt))
         cfg = config.from_mapping(state["config"])
-        student = trained_models(state, cfg, torch.device("cpu"))["student"].eval()
-        n = get_spec(cfg.data.dataset).num_classes
-        lines = read_split_file(Path("data/splits/16/unlabeled.txt"))
-        ds = SegDataset(Path("data/dataset"), lines, "val", cfg.data.crop_size, cfg.data.scale_range, n)
-        counts = {t: 0 for t in THRESHOLDS}
-        for item in torch.utils.data.DataLoader(ds, batch_size=8):
-            probs = class_probs(student, item["img"], cfg)
-            for t in THRESHOLDS:
-                counts[t] = counts[t] + pseudo_label_counts(probs, item["mask"], t)
-        for t in THRESHOLDS:
-            q = {k: round(v, 3) for k, v in pseudo_label_quality(counts[t]).items()}
-            print(json.dumps({"ckpt": ckpt, "seed": cfg.train.seed, "iteration": state["iteration"], "thresh": t, **q}))
+        for t in THRESHOLDS:  # the ablation's own pseudo-label scoring, once per threshold
+            q = pseudo_label_diagnostics(config.replace(cfg, {"train.conf_thresh": t}), Path(ckpt),
+                                         Path("data/dataset"), SPLIT)
+            row = {k.removeprefix("pl_"): round(v, 3) for k, v in q.items() if k != "pl_model"}
+            print(json.dumps({"ckpt": ckpt, "seed": cfg.train.seed, "iteration": state["iteration"], "thresh": t, **row}))
 
 
 if __name__ == "__main__":

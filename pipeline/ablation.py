@@ -140,7 +140,8 @@ def train_log_diagnostics(train_log: Path) -> dict[str, float]:
 @torch.no_grad()
 def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path) -> dict[str, Any]:
     """The final teacher's pseudo-labels (the student's for supervised runs) on the unlabelled training
-    images, predicted with the evaluation protocol and scored against their masks at train.conf_thresh."""
+    images, predicted with cfg's evaluation protocol and scored against their masks at cfg's
+    train.conf_thresh (a run's own, in the ablation; any, in a threshold scan)."""
     lines = read_split_file(split_dir / "unlabeled.txt")
     if any(mask is None for _, mask in lines):
         return {}  # no ground truth to score against
@@ -156,7 +157,7 @@ def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir
     counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)
     for batch in DataLoader(dataset, batch_size=trained.eval.batch_size, num_workers=trained.data.num_workers):
         probs = class_probs(model, batch["img"].to(device), trained)
-        counts += pseudo_label_counts(probs, batch["mask"].to(device), trained.train.conf_thresh, background).cpu()
+        counts += pseudo_label_counts(probs, batch["mask"].to(device), cfg.train.conf_thresh, background).cpu()
     # null, not NaN, for a ratio over no pixels: records are strict JSON, read by any tool.
     quality = {f"pl_{k}": None if math.isnan(v) else v for k, v in pseudo_label_quality(counts).items()}
     return {"pl_model": name, **quality}

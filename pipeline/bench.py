@@ -1,6 +1,6 @@
 """`ddfp bench step`: median wall time of one training iteration per method, and its breakdown.
 
-Settings (clarifications.md): `demo` (the active profile's model and batch), `paper` (ResNet-101,
+Settings: `demo` (the active profile's model and batch), `paper` (ResNet-101,
 output stride 16, 321 px, 2 labelled + 2 unlabelled, 20,480 flow samples, 21 classes) and, on a GPU,
 `gpu` (the paper's training step: 513 px, 4 + 4 images, bf16 autocast, channels_last; the authors'
 logs show 0.82 s/iteration on their GPUs).

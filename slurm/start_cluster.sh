@@ -1,5 +1,4 @@
 #!/bin/bash
-# Adapted from the recipe in ../shared/machine_notes.md (Debian 12, slurm-wlm 22.05.8).
 # One-node SLURM cluster on localhost for Debian 12 (slurm-wlm 22.05.8), run as root, no systemd.
 # Prereq: apt-get install -y slurm-wlm munge slurmdbd mariadb-server   (slurmdbd/mariadb only if ACCOUNTING=1)
 # ACCOUNTING=1 (default): slurmdbd + MariaDB, so `sacct` works (submitit uses sacct for job state).

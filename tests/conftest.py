@@ -31,7 +31,7 @@ def require_service(missing: str | None) -> None:
         return
     if os.environ.get("CI"):
         pytest.fail(f"CI must provide this: {missing}")
-    SERVICE_REASONS.add(missing)
+    SERVICE_REASONS.add(missing)  # so the end-of-run summary names every test skipped for it
     pytest.skip(missing)
 
 
