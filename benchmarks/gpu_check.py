@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ddfp import config
-from pipeline import distributed
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
-from pipeline.trainer import RunPaths, amp_dtype, fit
+from pipeline.train import distributed
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
+from pipeline.train.fit import RunPaths, amp_dtype, fit
 
 
 def main() -> None:

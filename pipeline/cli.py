@@ -19,7 +19,7 @@ from typing import Callable
 from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError
 from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DataError, DdfpError
-from pipeline.inputs import INPUTS_RULE
+from pipeline.stages.inputs import INPUTS_RULE
 from pipeline.secrets import redact
 
 INTERRUPTED = "interrupted; state saved, rerun to resume"
@@ -55,20 +55,20 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from pipeline.download import run_download
+    from pipeline.stages.download import run_download
 
     run_download(load_config(args), args.out)
 
 
 def cmd_splits(args: argparse.Namespace) -> None:
-    from pipeline.splits import run_splits
+    from pipeline.stages.splits import run_splits
 
     summary = run_splits(load_config(args), args.data, args.out)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    from pipeline.weights import run_weights
+    from pipeline.stages.weights import run_weights
 
     print(run_weights(load_config(args), args.out))
 
@@ -83,8 +83,8 @@ def _weights(cfg: Config, path: Path | None) -> Path | None:
 def cmd_train(args: argparse.Namespace) -> None:
     """In this process (or as one rank of torchrun), or, with train.launcher: slurm, as a SLURM job
     this command waits for (so DVC caches what the job wrote)."""
-    from pipeline import distributed
-    from pipeline.trainer import RunPaths, fit
+    from pipeline.train import distributed
+    from pipeline.train.fit import RunPaths, fit
 
     cfg = load_config(args)
     paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_submit(args: argparse.Namespace) -> None:
     """Train several splits as one SLURM job array and wait for all of them."""
     from pipeline.slurm import submit_training, wait
-    from pipeline.trainer import RunPaths
+    from pipeline.train.fit import RunPaths
 
     cfg = load_config(args)
     splits = args.splits.split(",") if args.splits else cfg.data.splits
@@ -125,20 +125,20 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pipeline.evaluation_stage import run_evaluate
+    from pipeline.stages.evaluate import run_evaluate
 
     metrics = run_evaluate(load_config(args), args.ckpt, args.data, args.split_dir, args.out)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pipeline.report import write_report
+    from pipeline.stages.report import write_report
 
     print(write_report(load_config(args), args.metrics, args.out))
 
 
 def cmd_readme(args: argparse.Namespace) -> None:
-    from pipeline.readme import stale_blocks, update
+    from pipeline.evidence.readme import stale_blocks, update
 
     if args.check:
         stale = stale_blocks(args.readme, args.readme.parent)
@@ -152,24 +152,24 @@ def cmd_readme(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     """The split x method table and where the report, figures and MLflow runs are (end of `make demo`)."""
-    from pipeline.report import summary_text
-    from pipeline.run_identity import tracking_uri
+    from pipeline.stages.report import summary_text
+    from pipeline.tracking.identity import tracking_uri
 
     cfg = load_config(args)
     print(redact(summary_text(cfg, args.metrics, args.reports, tracking_uri(cfg))))
 
 
 def cmd_mlflow_picture(args: argparse.Namespace) -> None:
-    from pipeline.mlflow_picture import take_picture
-    from pipeline.run_identity import tracking_uri
+    from pipeline.evidence.mlflow_picture import take_picture
+    from pipeline.tracking.identity import tracking_uri
 
     take_picture(args.metrics, args.tracking_uri or tracking_uri(load_config(args)), args.out)
     print(args.out)
 
 
 def cmd_ablation(args: argparse.Namespace) -> None:
-    from pipeline.ablation import run_ablation
-    from pipeline.inputs import resolve_inputs
+    from pipeline.evidence.ablation import run_ablation
+    from pipeline.stages.inputs import resolve_inputs
 
     cfg = load_config(args)
     seeds, curve_seeds = ([int(x) for x in v.split(",") if x.strip()] for v in (args.seeds, args.curve_seeds))
@@ -182,7 +182,7 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from pipeline.bench import run_bench
+    from pipeline.evidence.bench import run_bench
 
     result = run_bench(load_config(args), args.what, args.settings, args.repeats)
     print(json.dumps(result, indent=None if args.json else 2))
@@ -190,9 +190,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
-    from pipeline.inputs import resolve_inputs
-    from pipeline.sweep import SweepPaths
-    from pipeline.sweep_launch import run_sweep, sweep_split
+    from pipeline.stages.inputs import resolve_inputs
+    from pipeline.sweep.study import SweepPaths
+    from pipeline.sweep.launch import run_sweep, sweep_split
 
     flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
     cfg = config_mod.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})

@@ -27,7 +27,7 @@ from pipeline.errors import JobError
 from pipeline.secrets import redact, redact_tree
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type
-    from pipeline.trainer import RunPaths
+    from pipeline.train.fit import RunPaths
 
 POLL_S = 5.0  # seconds between sacct polls while waiting
 
@@ -42,8 +42,8 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, cfg_tree: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
         import torch
 
-        from pipeline import distributed
-        from pipeline.trainer import Interrupted, fit
+        from pipeline.train import distributed
+        from pipeline.train.fit import Interrupted, fit
 
         cfg = from_mapping(cfg_tree)
         stop = threading.Event()
@@ -106,7 +106,7 @@ def make_executor(cfg: Config, name: str) -> submitit.AutoExecutor:
 
 def submit_training(cfg: Config, runs: dict[str, RunPaths]) -> list[submitit.Job]:
     """Submit one training job per label (several: one job array); paths are made absolute."""
-    from pipeline.trainer import RunPaths
+    from pipeline.train.fit import RunPaths
 
     executor = make_executor(cfg, f"ddfp-{cfg.profile}")
     labels = list(runs)

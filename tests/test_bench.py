@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from ddfp import config
-from pipeline.bench import run_bench
+from pipeline.evidence.bench import run_bench
 
 
 def test_bench_step_reports_every_method_and_the_ratios():

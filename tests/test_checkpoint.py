@@ -13,13 +13,13 @@ from conftest import require_service
 import torch
 
 from ddfp import config
-from pipeline import checkpoint
+from pipeline.train import checkpoint
 from pipeline.errors import DataError
-from pipeline.prepare import write_synthetic
-from pipeline.run_state import Trainer
-from pipeline.splits import run_splits
-from pipeline.tracking import NullTracker
-from pipeline.trainer import RunPaths, fit
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.train.trainer import Trainer
+from pipeline.stages.splits import run_splits
+from pipeline.tracking.tracker import NullTracker
+from pipeline.train.fit import RunPaths, fit
 
 DDFP = [sys.executable, "-m", "pipeline.cli"]
 SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32",

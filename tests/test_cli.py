@@ -20,8 +20,8 @@ from pipeline.cli import build_parser, failure
 from pipeline.errors import EXIT_CODES, DataError, JobError
 from pipeline.fetch import ChecksumError, DownloadError
 from pipeline.slurm import SlurmJobError
-from pipeline.sweep import SweepError
-from pipeline.trainer import Interrupted
+from pipeline.sweep.study import SweepError
+from pipeline.train.fit import Interrupted
 
 DDFP = str(Path(sys.executable).parent / "ddfp")
 

@@ -14,10 +14,10 @@ from conftest import smoke_project
 import torch
 
 from ddfp import config
-from pipeline import checkpoint, runlock
+from pipeline.train import checkpoint, runlock
 from pipeline.errors import BusyError
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 DDFP = [sys.executable, "-m", "pipeline.cli"]
@@ -27,7 +27,7 @@ SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data
 SAVER = """
 import sys, time, torch
 from pathlib import Path
-from pipeline import checkpoint
+from pipeline.train import checkpoint
 path, go, me = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 state = {"writer": me, "w": torch.full((1_000_000,), float(me))}
 Path(f"{go}.{me}").touch()
@@ -87,7 +87,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, monkeypatch):
 
 def test_a_killed_holder_frees_the_run_directory(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline import runlock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.train import runlock\n"
                                "with runlock.hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(run)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

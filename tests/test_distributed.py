@@ -1,4 +1,4 @@
-"""pipeline.distributed on CPU: environment parsing, exact validation shards, and two gloo processes
+"""pipeline.train.distributed on CPU: environment parsing, exact validation shards, and two gloo processes
 (torch.multiprocessing) for the gradient average and the sharded evaluation."""
 
 import pytest
@@ -9,12 +9,12 @@ import torch.multiprocessing as mp
 from ddfp import config
 from ddfp.data.spec import get_spec
 from ddfp.model import build_model
-from pipeline import distributed
-from pipeline.distributed import DistEnv, env_from, shard
-from pipeline.evaluate import confusion
-from pipeline.loaders import val_loader
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
+from pipeline.train import distributed
+from pipeline.train.distributed import DistEnv, env_from, shard
+from pipeline.train.validation import confusion
+from pipeline.train.loaders import val_loader
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
 
 
 def test_env_from_torchrun_submitit_and_nothing():

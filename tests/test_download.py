@@ -1,4 +1,4 @@
-"""pipeline.download: SBD masks merged into SegmentationClassAug, Cityscapes login and trainIds, synthetic.
+"""pipeline.stages.download: SBD masks merged into SegmentationClassAug, Cityscapes login and trainIds, synthetic.
 
 Every case runs `run_download` on a shipped profile whose file list points at local files or a local
 HTTP server; nothing leaves the machine.
@@ -19,7 +19,7 @@ from http_server import FileServer
 from PIL import Image
 from test_fetch import make_tar, md5, png_bytes, voc_mask, voc_tar
 
-import pipeline.download as dl
+import pipeline.stages.download as dl
 from ddfp.config import load, replace
 from pipeline.fetch import DownloadError
 
@@ -121,9 +121,9 @@ def test_cityscapes_zip_put_in_place_by_hand_needs_no_login(tmp_path: Path, monk
 
 def test_synthetic_generates_unless_files_are_configured(tmp_path: Path, monkeypatch) -> None:
     calls = []
-    fake = types.ModuleType("pipeline.prepare")
+    fake = types.ModuleType("pipeline.stages.synthetic")
     fake.write_synthetic = lambda cfg, root: calls.append(root)
-    monkeypatch.setitem(sys.modules, "pipeline.prepare", fake)
+    monkeypatch.setitem(sys.modules, "pipeline.stages.synthetic", fake)
     cfg = load(profile="smoke")
     dl.run_download(cfg, tmp_path / "gen")
     assert calls == [tmp_path / "gen"]

@@ -16,8 +16,8 @@ from conftest import smoke_project
 import yaml
 
 from ddfp import config
-from pipeline.inputs import resolve_inputs
-from pipeline.run_state import RESUME_INDEPENDENT
+from pipeline.stages.inputs import resolve_inputs
+from pipeline.train.trainer import RESUME_INDEPENDENT
 
 ROOT = Path(__file__).resolve().parent.parent
 slow = pytest.mark.slow
@@ -192,9 +192,9 @@ def test_a_method_edit_retrains_from_scratch(project):
 
 
 # The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* functions).
-STAGE_MODULES = {"download": ["pipeline.download", "pipeline.prepare"], "splits": ["pipeline.splits"],
-                 "weights": ["pipeline.weights"], "train": ["pipeline.trainer", "pipeline.slurm"],
-                 "evaluate": ["pipeline.evaluation_stage"], "report": ["pipeline.report"]}
+STAGE_MODULES = {"download": ["pipeline.stages.download", "pipeline.stages.synthetic"], "splits": ["pipeline.stages.splits"],
+                 "weights": ["pipeline.stages.weights"], "train": ["pipeline.train.fit", "pipeline.slurm"],
+                 "evaluate": ["pipeline.stages.evaluate"], "report": ["pipeline.stages.report"]}
 # In ddfp/ but not imported by train/evaluate: the dataset generator, whose output reaches them
 # through data/dataset anyway (listing ddfp/ whole keeps their lists short).
 FOLDER_EXTRAS = {"ddfp/data/synthetic.py"}
@@ -206,7 +206,7 @@ for name in sys.argv[1:]:
     importlib.import_module(name)
 files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
 print("\\n".join(sorted(str(f.relative_to(root)) for f in files if f.parent.is_relative_to(root / "ddfp")
-                   or f.parent == root / "pipeline")))
+                   or f.parent.is_relative_to(root / "pipeline"))))
 """
 
 

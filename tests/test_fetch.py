@@ -21,7 +21,7 @@ from PIL import Image
 
 from ddfp.config import load, replace
 from ddfp.data.masks import voc_palette
-from pipeline.download import run_download
+from pipeline.stages.download import run_download
 from pipeline.fetch import ChecksumError, DownloadError, UnsafeArchiveError, download, extract, mirror_url
 
 

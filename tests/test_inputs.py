@@ -1,5 +1,5 @@
 """Where `ddfp sweep` / `ddfp ablation` get their data: never by rewriting the DVC pipeline's outputs or
-another profile's inputs (pipeline/inputs.py)."""
+another profile's inputs (pipeline/stages/inputs.py)."""
 
 import hashlib
 import subprocess
@@ -11,9 +11,9 @@ import yaml
 
 from ddfp import config
 from pipeline.errors import DataError, UsageError
-from pipeline.inputs import INPUT_KEYS, is_pipelines, own_dir, resolve_inputs
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
+from pipeline.stages.inputs import INPUT_KEYS, is_pipelines, own_dir, resolve_inputs
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 

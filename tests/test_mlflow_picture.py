@@ -6,9 +6,9 @@ from conftest import require_service
 from test_trainer import tiny_cfg
 from test_trainer import tiny_data  # noqa: F401 - a fixture
 
-from pipeline.evaluation_stage import run_evaluate
-from pipeline.mlflow_picture import missing_browser, take_picture
-from pipeline.trainer import RunPaths, fit
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.evidence.mlflow_picture import missing_browser, take_picture
+from pipeline.train.fit import RunPaths, fit
 
 
 @pytest.mark.slow

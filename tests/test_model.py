@@ -4,8 +4,8 @@ import torch
 
 from ddfp import config
 from ddfp.model import build_model
-from pipeline.run_state import Trainer
-from pipeline.tracking import NullTracker
+from pipeline.train.trainer import Trainer
+from pipeline.tracking.tracker import NullTracker
 
 
 def test_head_channels_set_the_aspp_classifier_and_flow_widths(smoke_cfg):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.readme import render, stale_blocks
+from pipeline.evidence.readme import render, stale_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
 from test_trainer import tiny_cfg as untracked_cfg
 
 from ddfp import config
-from pipeline.evaluation_stage import run_evaluate
-from pipeline.report import write_report
-from pipeline.trainer import fit
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.stages.report import write_report
+from pipeline.train.fit import fit
 
 
 def smoke(**overrides):

@@ -19,12 +19,12 @@ from http_server import FileServer
 from ddfp import config
 from ddfp.config import ConfigError
 from pipeline import cli
-from pipeline.download import fetch_file
+from pipeline.stages.download import fetch_file
 from pipeline.fetch import DownloadError
-from pipeline.prepare import write_synthetic
+from pipeline.stages.synthetic import write_synthetic
 from pipeline.secrets import expand_env, redact, redact_tree
 from pipeline.slurm import job_config, submit_training, wait
-from pipeline.weights import run_weights
+from pipeline.stages.weights import run_weights
 from test_slurm import cluster, data, run_paths, smoke  # noqa: F401 (cluster and data are fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_expand_env_reads_braced_variables_only_and_names_the_missing_ones(monke
 
 
 def test_sweep_storage_expands_the_environment_when_opened(monkeypatch, tmp_path: Path) -> None:
-    from pipeline.sweep import open_storage
+    from pipeline.sweep.study import open_storage
 
     monkeypatch.setenv("DDFP_TEST_DB_DIR", str(tmp_path))
     monkeypatch.delenv("DDFP_TEST_UNSET", raising=False)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.sensitivity import gather, write
+from pipeline.evidence.sensitivity import gather, write
 
 
 def _metrics(root, method, miou, **diag):

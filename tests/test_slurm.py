@@ -16,10 +16,10 @@ from conftest import require_service
 import yaml
 
 from ddfp import config
-from pipeline.prepare import write_synthetic
+from pipeline.stages.synthetic import write_synthetic
 from pipeline.slurm import SlurmJobError, outcome, submit_training, wait
-from pipeline.splits import run_splits
-from pipeline.trainer import RunPaths, fit
+from pipeline.stages.splits import run_splits
+from pipeline.train.fit import RunPaths, fit
 from test_dvc_pipeline import project, ran_stages, run  # noqa: F401 (project is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

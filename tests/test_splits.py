@@ -18,8 +18,8 @@ from ddfp.data.dataset import read_split_file
 from ddfp.data.masks import classes_present, read_mask
 from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
 from pipeline.errors import DataError
-from pipeline.prepare import write_synthetic
-from pipeline.splits import read_published, run_splits
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import read_published, run_splits
 
 PASCAL_IDS = [f"2007_{i:06d}" for i in range(12)]
 

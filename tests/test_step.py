@@ -7,8 +7,8 @@ from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels
 from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
-from pipeline.tracking import NullTracker
-from pipeline.run_state import Trainer
+from pipeline.tracking.tracker import NullTracker
+from pipeline.train.trainer import Trainer
 from tests.conftest import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)

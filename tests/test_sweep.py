@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ddfp import config
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
-from pipeline.weights import run_weights
-from pipeline.sweep import SweepPaths, budget, open_storage, trial_config
-from pipeline.sweep_launch import run_sweep
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
+from pipeline.stages.weights import run_weights
+from pipeline.sweep.study import SweepPaths, budget, open_storage, trial_config
+from pipeline.sweep.launch import run_sweep
 from test_slurm import cluster  # noqa: F401 - the one-node SLURM cluster fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +122,9 @@ def test_two_workers_sqlite_prune_and_continue(data, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(data, tmp_path, monkeypatch):
-    from pipeline import trainer
+    from pipeline.train import fit as fit_module
 
-    real_fit = trainer.fit
+    real_fit = fit_module.fit
 
     def fit(cfg, paths, *args, on_eval=None, **kwargs):
         def boom(epoch, miou):
@@ -134,7 +134,7 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(data, tmp_path, mo
 
         return real_fit(cfg, paths, *args, on_eval=boom, **kwargs)
 
-    monkeypatch.setattr(trainer, "fit", fit)
+    monkeypatch.setattr(fit_module, "fit", fit)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg = config.load(None, "smoke", {"sweep.storage": url, "sweep.study": "t",
@@ -236,7 +236,7 @@ def test_no_trace_of_the_storage_password(data, tmp_path, postgres):
     _, parent, _ = children(tmp_path, "secret")
     assert parent[0].data.params["storage"].startswith(f"postgresql+psycopg2://{postgres['user']}:***@")
     # A literal password in sweep.storage is refused for SLURM (it would be pickled into the job).
-    from pipeline.sweep_launch import _slurm_workers
+    from pipeline.sweep.launch import _slurm_workers
 
     cfg = config.load(None, "smoke", {"sweep.storage": pg_url(postgres, secret), "train.launcher": "slurm"})
     with pytest.raises(config.ConfigError, match="sweep.storage"):
@@ -280,7 +280,7 @@ def test_trial_config_and_storage_kinds(tmp_path, monkeypatch):
 def test_a_slurm_sweep_pickles_the_storage_reference_never_the_password(monkeypatch):
     # The documented form, a password read from the environment: the job gets the ${VAR} reference
     # (SLURM passes the submitter's environment on) and the folder never holds the password.
-    from pipeline.sweep_launch import job_tree
+    from pipeline.sweep.launch import job_tree
 
     monkeypatch.setenv("DDFP_PG_PASSWORD", "p@ss/w:rd")
     ref = "postgresql+psycopg2://optuna:${DDFP_PG_PASSWORD}@127.0.0.1/optuna"

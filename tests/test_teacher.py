@@ -4,8 +4,8 @@ from torch import nn
 from ddfp import config
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
-from pipeline.run_state import Trainer
-from pipeline.tracking import NullTracker
+from pipeline.train.trainer import Trainer
+from pipeline.tracking.tracker import NullTracker
 from tests.conftest import make_batch
 
 

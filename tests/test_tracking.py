@@ -16,13 +16,13 @@ from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
 from test_trainer import tiny_cfg as untracked_cfg
 
 from ddfp import config
-from pipeline.evaluation_stage import run_evaluate
-from pipeline.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
-from pipeline.report import markdown_table, summarise, write_report
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.evidence.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
+from pipeline.stages.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
-from pipeline.tracking import dvc_hashes, group_hash
-from pipeline.tracking_spool import Spool
-from pipeline.trainer import fit
+from pipeline.tracking.tracker import dvc_hashes, group_hash
+from pipeline.tracking.spool import Spool
+from pipeline.train.fit import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,7 +247,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
     for split in ("8", "16"):
         split_dir = tiny_data / "splits" / split
         out = tmp_path / split
-        from pipeline.trainer import RunPaths
+        from pipeline.train.fit import RunPaths
 
         run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False)["run_id"])
         mious.append(run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", split_dir, out / "m.json")["val_miou"])

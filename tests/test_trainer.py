@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ddfp import config
-from pipeline.prepare import write_synthetic
-from pipeline.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
 from ddfp.schedule import flow_lr, poly_lr
-from pipeline.trainer import RunPaths, fit
+from pipeline.train.fit import RunPaths, fit
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_schedules():
 def test_an_iteration_budget_gives_every_split_the_same_schedule(tiny_data, tmp_path):
     # Epoch length is |unlabelled| / batch by default, so a split with more labels would train fewer
     # iterations; train.iters_per_epoch fixes the budget whatever the split sizes.
-    from pipeline.run_state import Trainer
-    from pipeline.tracking import NullTracker
+    from pipeline.train.trainer import Trainer
+    from pipeline.tracking.tracker import NullTracker
 
     cfg = tiny_cfg(**{"train.iters_per_epoch": 3})
     tr = Trainer(cfg, paths(tiny_data, tmp_path), NullTracker(), torch.device("cpu"))

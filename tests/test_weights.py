@@ -1,4 +1,4 @@
-"""pipeline.weights: MobileNetV2 from the installed package with no network; pinned hashes enforced."""
+"""pipeline.stages.weights: MobileNetV2 from the installed package with no network; pinned hashes enforced."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torchvision
 from http_server import FileServer
 
-import pipeline.weights as weights
+import pipeline.stages.weights as weights
 from ddfp.config import load, replace
 from pipeline.fetch import ChecksumError
 

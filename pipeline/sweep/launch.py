@@ -1,6 +1,6 @@
 """Running a sweep end to end: the study and its MLflow parent run, the workers (in this process, local
 processes, or a SLURM job array), then the report files. Every worker is an independent `run_worker`
-pulling trials from the shared storage. Its inputs come from pipeline.inputs.
+pulling trials from the shared storage. Its inputs come from pipeline.stages.inputs.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import submitit
 
 from ddfp.config import Config, ConfigError, from_mapping
 from pipeline.secrets import redact, refuse_literal_secret
-from pipeline.sweep import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
-from pipeline.sweep_outputs import write_outputs
-from pipeline.sweep_tracking import finish_parent_run, open_parent_run
+from pipeline.sweep.study import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
+from pipeline.sweep.outputs import write_outputs
+from pipeline.sweep.tracking import finish_parent_run, open_parent_run
 
 
 def sweep_split(cfg: Config) -> str:

@@ -32,8 +32,8 @@ from ddfp import config as config_mod
 from ddfp.config import Config, ConfigError, ParamSpace
 from pipeline.errors import JobError
 from pipeline.secrets import expand_env, redact
-from pipeline.sweep_tracking import RetryStaleTrial, TrialTracker, open_parent_run
-from pipeline.tracking import NullTracker, project_dir, tracking_uri
+from pipeline.sweep.tracking import RetryStaleTrial, TrialTracker, open_parent_run
+from pipeline.tracking.tracker import NullTracker, project_dir, tracking_uri
 
 STORAGE_ENV = "OPTUNA_STORAGE"
 
@@ -133,7 +133,7 @@ def final_miou(cfg: Config, summary: dict[str, Any]) -> float:
 
 def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id: str | None) -> float:
     """The objective: train on the sweep's schedule, report each evaluation, return the final mIoU."""
-    from pipeline.trainer import RunPaths, fit
+    from pipeline.train.fit import RunPaths, fit
 
     values = {key: suggest(trial, key, space) for key, space in cfg.sweep.params.items()}
     retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")

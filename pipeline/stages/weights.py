@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ddfp.config import Config
-from pipeline.download import check_mirror, resolved_mirror
+from pipeline.stages.download import check_mirror, resolved_mirror
 from pipeline.fetch import download
 
 NO_WEIGHTS = "NONE"

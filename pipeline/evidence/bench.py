@@ -21,8 +21,8 @@ from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.step import Batch, Phase, flow_step
-from pipeline.tracking import NullTracker
-from pipeline.run_state import Trainer, select_device
+from pipeline.tracking.tracker import NullTracker
+from pipeline.train.trainer import Trainer, select_device
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}

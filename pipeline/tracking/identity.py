@@ -1,5 +1,5 @@
 """Who a training run is, as plain data: its name, tags, params (secrets redacted), the store it
-goes to and the DVC hashes of its inputs. No MLflow calls here: `pipeline.tracking` makes them."""
+goes to and the DVC hashes of its inputs. No MLflow calls here: `pipeline.tracking.tracker` makes them."""
 
 from __future__ import annotations
 

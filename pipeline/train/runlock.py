@@ -1,7 +1,7 @@
 """One writer per run directory: an advisory lock on `<run>/.lock` that says who holds it.
 
 Every path that trains (`ddfp train` by hand or from `dvc repro`, the SLURM jobs of `ddfp submit`,
-`ddfp ablation`, sweep trials) goes through pipeline.trainer.fit, which holds this lock on rank 0.
+`ddfp ablation`, sweep trials) goes through pipeline.train.fit.fit, which holds this lock on rank 0.
 The kernel releases a flock when its process ends, however it ends (kill -9, a SLURM requeue), so
 a lock is never stale; the JSON in the file only names the holder for whoever is refused.
 """

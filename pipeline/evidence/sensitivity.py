@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.report import numeric_markdown
+from pipeline.stages.report import numeric_markdown
 
 COLUMNS = ("confident_ratio", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup", "loss_perturb")
 

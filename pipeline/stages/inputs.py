@@ -114,9 +114,9 @@ def _dvc_repro(root: Path, targets: list[str]) -> None:
 
 
 def _own_inputs(cfg: Config, splits: Sequence[str], need: dict[str, bool], own: Path) -> Inputs:
-    from pipeline.download import run_download
-    from pipeline.splits import run_splits
-    from pipeline.weights import run_weights
+    from pipeline.stages.download import run_download
+    from pipeline.stages.splits import run_splits
+    from pipeline.stages.weights import run_weights
 
     made = Inputs(own / "dataset", own / "splits", own / "weights" / f"{cfg.model.backbone}.pth")
     print(f"{own}: the inputs of profile {cfg.profile} (not the DVC pipeline's, which stay untouched)",

@@ -12,7 +12,7 @@ from ddfp.config import Config
 from ddfp.data.dataset import SegDataset, read_split_file
 from ddfp.data.sampling import EpochSampler
 from ddfp.data.spec import get_spec
-from pipeline.distributed import shard
+from pipeline.train.distributed import shard
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
 

@@ -20,7 +20,7 @@ from scipy import stats
 from ddfp.config import Config
 from pipeline import figures
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.report import labels_of, numeric_markdown
+from pipeline.stages.report import labels_of, numeric_markdown
 
 MAIN = ("supervised", "mean_teacher", "ddfp")
 DIAGNOSTICS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "nll_rise", "pl_confident_share",

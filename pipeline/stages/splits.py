@@ -7,7 +7,7 @@ Published splits (Pascal, Cityscapes) are read from ``data_root/published_splits
 format (bare Pascal ids; Cityscapes ``leftImg8bit/...`` paths) or UniMatch's ("image mask" lines),
 validated against the published counts and converted. A numeric split that is not published is drawn
 with ``data.split_seed`` from the training pool, resampled until the labelled part shows every class.
-Every listed image and mask is decoded before anything is written (pipeline.data_check), so a corrupt
+Every listed image and mask is decoded before anything is written (pipeline.stages.data_check), so a corrupt
 file is named here rather than mid-training.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from ddfp.config import Config, ConfigError
 from ddfp.data.spec import DatasetSpec, get_spec
-from pipeline.data_check import Pair, check_listed
+from pipeline.stages.data_check import Pair, check_listed
 from pipeline.errors import DataError
 from pipeline.files import atomic_directory
 

@@ -16,12 +16,13 @@ from ddfp.config import Config, from_mapping
 from ddfp.data.spec import get_spec
 from ddfp.inference import predict
 from ddfp.model import build_model
-from pipeline import checkpoint, figures
-from pipeline.evaluate import evaluate_models
+from pipeline.train import checkpoint
+from pipeline import figures
+from pipeline.train.validation import evaluate_models
 from pipeline.files import write_json_atomic
-from pipeline.loaders import val_loader
-from pipeline.tracking import Tracker, open_tracker
-from pipeline.run_state import select_device
+from pipeline.train.loaders import val_loader
+from pipeline.tracking.tracker import Tracker, open_tracker
+from pipeline.train.trainer import select_device
 
 
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:

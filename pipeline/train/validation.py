@@ -12,7 +12,7 @@ from ddfp.config import Config
 from ddfp.data.spec import get_spec
 from ddfp.inference import predict, predict_sliding, predict_whole
 from ddfp.metrics import confusion_matrix, iou_per_class, mean_iou
-from pipeline.distributed import all_reduce_sum
+from pipeline.train.distributed import all_reduce_sum
 
 
 @torch.no_grad()

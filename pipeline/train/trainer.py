@@ -1,4 +1,4 @@
-"""The state of one training run around ddfp.step.train_step (pipeline.trainer.fit drives it).
+"""The state of one training run around ddfp.step.train_step (pipeline.train.fit.fit drives it).
 
 Owns devices, AMP, the two optimisers and their schedules, the teacher update, evaluation and
 checkpoints. A checkpoint holds everything for an exact resume; a run resumes from one when it
@@ -25,14 +25,14 @@ from ddfp.model import build_model
 from ddfp.schedule import poly_lr
 from ddfp.step import Batch, Models, Phase, train_step
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
-from pipeline import checkpoint, distributed
-from pipeline.code_version import code_digest
-from pipeline.distributed import SINGLE, DistEnv
-from pipeline.evaluate import evaluate_models
+from pipeline.train import checkpoint, distributed
+from pipeline.train.code_version import code_digest
+from pipeline.train.distributed import SINGLE, DistEnv
+from pipeline.train.validation import evaluate_models
 from pipeline.files import write_json_atomic
-from pipeline.loaders import TrainLoaders, train_loaders, val_loader
+from pipeline.train.loaders import TrainLoaders, train_loaders, val_loader
 from pipeline.secrets import redact_tree, redact_values
-from pipeline.tracking import Tracker
+from pipeline.tracking.tracker import Tracker
 
 # Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
 # train.max_iters only says where a run stops: a longer run continues a shorter one.

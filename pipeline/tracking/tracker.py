@@ -2,7 +2,7 @@
 
 The trainer and the evaluate stage talk to the `Tracker` protocol only. `MlflowTracker` never stops
 training: a failing call (server down, network cut) prints one warning for the outage, and what
-cannot be sent waits in the run directory's spool (pipeline.tracking_spool) until the server answers
+cannot be sent waits in the run directory's spool (pipeline.tracking.spool) until the server answers
 again, at the latest at the end of the training or in the evaluate stage.
 
 Run identity survives restarts: the run id is saved in the training checkpoint, so a resumed or
@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from ddfp.config import Config
 from pipeline.files import write_json_atomic
-from pipeline.run_identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, dvc_hashes, experiment_name,
+from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, dvc_hashes, experiment_name,
                                    group_hash, param_strings, project_dir, run_note, run_params, run_spec,
                                    tracking_uri)
 from pipeline.secrets import redact
-from pipeline.tracking_spool import Spool
+from pipeline.tracking.spool import Spool
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)

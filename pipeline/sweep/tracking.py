@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ddfp.config import Config
 from pipeline.secrets import redact, redact_values
-from pipeline.tracking import KIND_TAG, MlflowTracker, RunInfo, experiment_name, tracking_uri
+from pipeline.tracking.tracker import KIND_TAG, MlflowTracker, RunInfo, experiment_name, tracking_uri
 
 STUDY_TAG, STATE_TAG = "ddfp_study", "trial_state"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -1,6 +1,6 @@
 """fit(): the explicit training loop around ddfp.step.train_step.
 
-It drives a Trainer (pipeline.run_state: models, optimisers, checkpoints) through its epochs, with
+It drives a Trainer (pipeline.train.trainer: models, optimisers, checkpoints) through its epochs, with
 tracking, the evaluation and checkpoint cadence, a sweep's pruning hook and SLURM's stop request.
 """
 
@@ -14,11 +14,11 @@ from tqdm import tqdm
 from ddfp.config import Config
 from ddfp.schedule import flow_lr
 from ddfp.step import Phase
-from pipeline import distributed, runlock
-from pipeline.distributed import SINGLE, DistEnv
-from pipeline.tracking import (NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir,
+from pipeline.train import distributed, runlock
+from pipeline.train.distributed import SINGLE, DistEnv
+from pipeline.tracking.tracker import (NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir,
                                write_config_artifact)
-from pipeline.run_state import RunPaths, Trainer, amp_dtype, select_device
+from pipeline.train.trainer import RunPaths, Trainer, amp_dtype, select_device
 
 
 class Interrupted(KeyboardInterrupt):
@@ -84,7 +84,7 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
 
     tracker: None opens the configured one (MLflow by default). on_eval(epoch, mIoU of the reported
     model) runs after each evaluation; it may raise to stop the run (a sweep's pruner).
-    dist: this process's rank (pipeline.distributed.init); only rank 0 tracks, prints and saves.
+    dist: this process's rank (pipeline.train.distributed.init); only rank 0 tracks, prints and saves.
     stop: an Event set by a signal handler: save at the next iteration boundary, raise Interrupted.
     Rank 0 holds the run directory's lock throughout: a second writer gets a BusyError at once.
     """

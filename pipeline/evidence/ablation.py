@@ -30,16 +30,16 @@ from ddfp.config import Config, from_mapping, replace
 from ddfp.data.dataset import SegDataset, read_split_file
 from ddfp.data.spec import get_spec
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
-from pipeline import checkpoint
-from pipeline.ablation_stats import write_outputs
-from pipeline.code_version import code_digest
+from pipeline.train import checkpoint
+from pipeline.evidence.ablation_stats import write_outputs
+from pipeline.train.code_version import code_digest
 from pipeline.errors import DataError, UsageError
-from pipeline.evaluate import class_probs
-from pipeline.evaluation_stage import run_evaluate, trained_models
+from pipeline.train.validation import class_probs
+from pipeline.stages.evaluate import run_evaluate, trained_models
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.report import labels_of
-from pipeline.run_state import select_device
-from pipeline.trainer import RunPaths, fit
+from pipeline.stages.report import labels_of
+from pipeline.train.trainer import select_device
+from pipeline.train.fit import RunPaths, fit
 
 # arm -> (train.method, overrides): the one place an arm is defined.
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
