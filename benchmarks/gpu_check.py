@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddfp import config
+from pipeline import params
 from pipeline.train import distributed
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
@@ -34,15 +34,15 @@ def main() -> None:
     if not args.cpu and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device visible (use --cpu for a CPU plumbing check)")
     crop = args.crop or (64 if args.cpu else 321)
-    cfg = config.load(None, "pascal", {
-        "data.dataset": "synthetic", "data.splits": ["16"], "data.crop_size": crop, "data.num_workers": 2,
+    cfg = params.load(None, "pascal", {
+        "data.dataset": "synthetic", "data.splits": ["16"], "data.crop_size": crop, "run.num_workers": 2,
         "synthetic.num_train": 64, "synthetic.num_val": 4, "synthetic.image_size": crop + crop // 4,
-        "model.pretrained": False, "train.max_iters": args.iters, "train.device": "cpu" if args.cpu else "cuda",
-        "train.batch_size": 2 if args.cpu else 4, "tracking.enabled": False, "train.log_every": 1,
+        "model.pretrained": False, "train.max_iters": args.iters, "run.device": "cpu" if args.cpu else "cuda",
+        "train.batch_size": 2 if args.cpu else 4, "tracking.enabled": False, "run.log_every": 1,
         # every phase in the few iterations: supervised, flow fit and perturbation all from epoch 0
         "train.sup_only_epochs": 0, "train.flow_start_epoch": 0, "train.perturb_start_epoch": 0,
     })
-    env = distributed.init(cfg.train.device)
+    env = distributed.init(cfg.run.device)
     syncbn: list[bool] = []
     prepare = distributed.prepare_student
 
@@ -58,7 +58,7 @@ def main() -> None:
             write_synthetic(cfg, root / "dataset")
             run_splits(cfg, root / "dataset", root / "splits")
         distributed.barrier(env)
-        device = env.device(cfg.train.device)
+        device = env.device(cfg.run.device)
         t0 = time.time()
         summary = fit(cfg, RunPaths(root / "dataset", root / "splits" / "16", root / "run"), progress=False, dist=env)
         seconds = time.time() - t0

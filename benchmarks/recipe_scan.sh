@@ -23,7 +23,7 @@ SETTINGS=(
   "lr3e-4_head128|train.lr=0.0003 model.head_channels=128"
   "lr1e-3_head128_20ep|train.lr=0.001 model.head_channels=128 train.epochs=20"
 )
-COMMON="train.method=supervised train.iters_per_epoch=50 train.epochs=10 train.eval_every=2 tracking.enabled=false"
+COMMON="train.method=supervised train.iters_per_epoch=50 train.epochs=10 run.eval_every=2 tracking.enabled=false"
 
 one() {  # name overrides split seed
   local name=$1 overrides=$2 split=$3 seed=$4 out="$WORK/$1/$3/seed$4" sets=()

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ddfp import config
+from pipeline import params
 from pipeline.train import checkpoint
 from pipeline.evidence.ablation import pseudo_label_diagnostics
 
@@ -25,9 +25,9 @@ SPLIT = Path("data/splits/16")
 def main(ckpts: list[str]) -> None:
     for ckpt in ckpts:
         state = checkpoint.load(Path(ckpt))
-        cfg = config.from_mapping(state["config"])
+        cfg = params.from_mapping(state["config"])
         for t in THRESHOLDS:  # the ablation's own pseudo-label scoring, once per threshold
-            q = pseudo_label_diagnostics(config.replace(cfg, {"train.conf_thresh": t}), Path(ckpt),
+            q = pseudo_label_diagnostics(params.replace(cfg, {"train.conf_thresh": t}), Path(ckpt),
                                          Path("data/dataset"), SPLIT)
             row = {k.removeprefix("pl_"): round(v, 3) for k, v in q.items() if k != "pl_model"}
             print(json.dumps({"ckpt": ckpt, "seed": cfg.train.seed, "iteration": state["iteration"], "thresh": t, **row}))

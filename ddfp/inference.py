@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddfp.config import EvalProtocol
+
 
 def predict_whole(model: nn.Module, img: Tensor, crop: int) -> Tensor:
     """B x 3 x H x W -> B x C x H x W logits; the image is centre-padded to at least crop x crop.
@@ -48,10 +50,17 @@ def predict_sliding(model: nn.Module, img: Tensor, crop: int, stride: int, num_c
 
 
 @torch.no_grad()
-def predict(model: nn.Module, img: Tensor, mode: str, crop: int, stride_ratio: float, num_classes: int) -> Tensor:
-    """Class map B x H x W under the configured protocol."""
-    if mode == "sliding":
-        scores = predict_sliding(model, img, crop, max(int(crop * stride_ratio), 1), num_classes)
-    else:
-        scores = predict_whole(model, img, crop)
-    return scores.argmax(dim=1)
+def class_scores(model: nn.Module, img: Tensor, protocol: EvalProtocol) -> Tensor:
+    """B x C x H x W class probabilities under the protocol: what `predict` takes the argmax of, for
+    measuring pseudo-labels the way the model is evaluated."""
+    if protocol.mode == "sliding":
+        return predict_sliding(model, img, protocol.crop_size, protocol.stride, protocol.num_classes)
+    return predict_whole(model, img, protocol.crop_size).softmax(dim=1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, img: Tensor, protocol: EvalProtocol) -> Tensor:
+    """Class map B x H x W under the protocol."""
+    if protocol.mode == "sliding":
+        return class_scores(model, img, protocol).argmax(dim=1)
+    return predict_whole(model, img, protocol.crop_size).argmax(dim=1)  # logits: no softmax rounding ties

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ddfp.config import Config
+from ddfp.config import MethodConfig
 from ddfp.data.mixing import maybe_cutmix
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.flow import DensityEstimator, sample_pixels
@@ -39,7 +39,7 @@ class Phase:
     perturb: bool  # density-descending perturbation branch
 
     @staticmethod
-    def at_epoch(epoch: int, cfg: Config) -> "Phase":
+    def at_epoch(epoch: int, cfg: MethodConfig) -> "Phase":
         t, method = cfg.train, cfg.train.method
         semi = method != "supervised" and epoch >= t.sup_only_epochs
         ddfp = method == "ddfp"
@@ -69,7 +69,7 @@ class StepOutput:
     logs: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
 
 
-def _n_main(phase: Phase, cfg: Config, batch_size: int) -> int:
+def _n_main(phase: Phase, cfg: MethodConfig, batch_size: int) -> int:
     """How many leading samples of the classifier batch use the main BN (the rest: aux BN).
 
     DDFP follows the authors: during the supervised epoch half the labelled batch warms the aux BN;
@@ -81,13 +81,13 @@ def _n_main(phase: Phase, cfg: Config, batch_size: int) -> int:
     return batch_size // 2 if not phase.semi else batch_size
 
 
-def supervised_step(student: DeepLabV3Plus, batch: Batch, phase: Phase, cfg: Config) -> StepOutput:
+def supervised_step(student: DeepLabV3Plus, batch: Batch, phase: Phase, cfg: MethodConfig) -> StepOutput:
     out = student(batch.img_x, n_main=_n_main(phase, cfg, batch.img_x.shape[0]))
     loss_sup = masked_ce(out.logits, batch.mask_x)
     return StepOutput(cfg.loss.sup * loss_sup, None, {"loss_sup": loss_sup.detach()})
 
 
-def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: Config) -> tuple[Tensor, Tensor]:
+def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: MethodConfig) -> tuple[Tensor, Tensor]:
     """Teacher on [labelled ; weak unlabelled] -> (pseudo-labels of the unlabelled half, clean features)."""
     teacher.train(cfg.teacher.pseudo_label_mode == "train")
     with torch.no_grad():
@@ -108,7 +108,7 @@ class FitData:
 
 
 def flow_step(
-    flow: DensityEstimator, feats: Tensor, mask_x: Tensor, ignore_u: Tensor, cfg: Config
+    flow: DensityEstimator, feats: Tensor, mask_x: Tensor, ignore_u: Tensor, cfg: MethodConfig
 ) -> tuple[Tensor, Tensor]:
     """Fit data for the flow: labelled pixels class-conditionally, unpadded unlabelled pixels under
     the mixture (as the authors do: the confidence threshold
@@ -128,7 +128,7 @@ def flow_step(
 
 
 def _segmentation_loss(
-    logits: Tensor, batch: Batch, labels_u: Tensor, phase: Phase, cfg: Config
+    logits: Tensor, batch: Batch, labels_u: Tensor, phase: Phase, cfg: MethodConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted CE of the segmentation net: L_sup + warmup_unsup L_u, or L_sup + unsup L_u + perturb L_pt."""
     b = batch.img_x.shape[0]
@@ -143,7 +143,7 @@ def _segmentation_loss(
     return cfg.loss.sup * loss_sup + cfg.loss.unsup * loss_u + cfg.loss.perturb * loss_pt, logs
 
 
-def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
+def semi_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, diagnostics: bool = True) -> StepOutput:
     b = batch.img_x.shape[0]
     labels_w, t_feats = teacher_predict(models.teacher, batch, cfg)
     # The padding mask takes the same boxes: the student's fit data must drop the padding pasted in.
@@ -181,7 +181,7 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnosti
     return StepOutput(seg, flow_loss, logs)
 
 
-def _diagnostic_subset(valid: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
+def _diagnostic_subset(valid: Tensor, cfg: MethodConfig) -> tuple[Tensor, Tensor]:
     """num_samples of the valid pixels from a generator of its own, so that whether (and how often)
     diagnostics run never shifts the random stream that training draws from."""
     own = torch.Generator(device=valid.device).manual_seed(DIAGNOSTICS_SEED)
@@ -190,7 +190,7 @@ def _diagnostic_subset(valid: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _density_logs(
-    models: Models, fit: FitData, v_u: Tensor, confident: Tensor, pert: Perturbation | None, cfg: Config
+    models: Models, fit: FitData, v_u: Tensor, confident: Tensor, pert: Perturbation | None, cfg: MethodConfig
 ) -> dict[str, Tensor]:
     """Mean mixture NLL of confident unlabelled pixels as fitted (nll_fit) and where the perturbation
     gradient is taken (nll_query): far apart, the density direction is read off the flow's tail.
@@ -212,7 +212,7 @@ def _density_logs(
 
 @torch.no_grad()
 def _perturbation_logs(
-    flow: DensityEstimator, pert: Perturbation, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: Config
+    flow: DensityEstimator, pert: Perturbation, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: MethodConfig
 ) -> dict[str, Tensor]:
     """NLL of confident features after the perturbation, the mean |delta| where it applies and the mean
     per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
@@ -230,7 +230,7 @@ def _perturbation_logs(
     return {"nll_after": after, "delta_norm": delta_norm, "v_norm": v_norm}
 
 
-def train_step(models: Models, batch: Batch, phase: Phase, cfg: Config, diagnostics: bool = True) -> StepOutput:
+def train_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, diagnostics: bool = True) -> StepOutput:
     """Losses and diagnostics of one iteration (the student must be in train mode).
 
     diagnostics=False skips the density and perturbation diagnostics (extra flow passes, and a

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ddfp import config as config_mod
-from ddfp.config import Config, ConfigError
+from pipeline import params
+from ddfp.config import ConfigError
+from pipeline.params import Config
 from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DataError, DdfpError
 from pipeline.stages.inputs import INPUTS_RULE
 from pipeline.secrets import redact
@@ -34,23 +35,25 @@ HANDLED: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int]
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
-    p.add_argument("--profile", help="use profiles/<name>.yaml instead of the params file")
+    p.add_argument("--profile", help="use pipeline/profiles/<name>.yaml instead of the params file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set perturb.eps=2.0 (repeatable)")
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    return config_mod.load(args.params, args.profile, config_mod.parse_overrides(args.overrides))
+    return params.load(args.params, args.profile, params.parse_overrides(args.overrides))
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
     """Rewrite params.yaml as the full config of a named profile (the whole pipeline follows)."""
     from pipeline.files import write_text_atomic
 
-    cfg = config_mod.load(None, args.name)
-    header = (f"# Active configuration: profile '{args.name}' (profiles/{args.name}.yaml).\n"
-              "# Switch with `ddfp profile <demo|smoke|pascal|cityscapes>`; edit values freely.\n")
-    write_text_atomic(args.params, header + config_mod.dump_yaml(cfg))
+    cfg = params.load(None, args.name)
+    header = (f"# Active configuration: profile '{args.name}' (pipeline/profiles/{args.name}.yaml), written out in\n"
+              "# full by `ddfp profile` because DVC reads every declared param from this file. Switch with\n"
+              "# `ddfp profile <demo|smoke|pascal|cityscapes>`. An edit here is a local experiment; a lasting\n"
+              "# change of the demo goes into its profile, then `ddfp profile demo` (a test checks the two agree).\n")
+    write_text_atomic(args.params, header + params.dump_yaml(cfg))
     print(f"{args.params}: now profile {args.name}")
 
 
@@ -81,19 +84,19 @@ def _weights(cfg: Config, path: Path | None) -> Path | None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """In this process (or as one rank of torchrun), or, with train.launcher: slurm, as a SLURM job
+    """In this process (or as one rank of torchrun), or, with run.launcher: slurm, as a SLURM job
     this command waits for (so DVC caches what the job wrote)."""
     from pipeline.train import distributed
     from pipeline.train.fit import RunPaths, fit
 
     cfg = load_config(args)
     paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))
-    if cfg.train.launcher == "slurm":
+    if cfg.run.launcher == "slurm":
         from pipeline.slurm import train_on_slurm
 
         summary = train_on_slurm(cfg, {args.split_dir.name: paths})[0]
     else:
-        env = distributed.init(cfg.train.device)
+        env = distributed.init(cfg.run.device)
         try:
             summary = fit(cfg, paths, dist=env)
         finally:
@@ -192,11 +195,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
     from pipeline.stages.inputs import resolve_inputs
     from pipeline.sweep.study import SweepPaths
-    from pipeline.sweep.launch import run_sweep, sweep_split
+    from pipeline.sweep.launch import run_sweep
 
     flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
-    cfg = config_mod.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
-    split = sweep_split(cfg)
+    cfg = params.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
+    split = cfg.sweep_split
     inputs = resolve_inputs(cfg, [split], data=args.data, weights=args.weights,
                             splits_dir=args.split_dir.parent if args.split_dir else args.splits_dir)
     split_dir = args.split_dir or inputs.splits / split
@@ -298,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method (the median is reported)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p = sub.add_parser("profile", help="switch params.yaml to a named profile",
-                       description="rewrite params.yaml as profiles/<name>.yaml resolved")
-    p.add_argument("name", help="a profile of profiles/: demo, smoke, pascal, cityscapes")
+                       description="rewrite params.yaml as pipeline/profiles/<name>.yaml resolved")
+    p.add_argument("name", help="a profile of pipeline/profiles/: demo, smoke, pascal, cityscapes")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to rewrite (default: params.yaml)")
     p.set_defaults(fn=cmd_profile)
     return parser

@@ -22,7 +22,9 @@ import submitit
 from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from ddfp.config import Config, ConfigError, from_mapping
+from ddfp.config import ConfigError
+
+from pipeline.params import Config, from_mapping
 from pipeline.errors import JobError
 from pipeline.secrets import redact, redact_tree
 
@@ -55,7 +57,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         signal.signal(sig, lambda *_: stop.set())
         if "OMP_NUM_THREADS" not in os.environ:  # slurm/env.sh sets it; else torch would use every core
             torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
-        env = distributed.init(cfg.train.device)
+        env = distributed.init(cfg.run.device)
         try:
             return fit(cfg, paths, progress=False, dist=env, stop=stop)
         except Interrupted:

@@ -10,7 +10,7 @@ import torch
 import yaml
 from http_server import FileServer
 
-from ddfp import config
+from pipeline import params
 from ddfp.data.spec import get_spec
 from ddfp.flow import DensityEstimator
 from ddfp.model import build_model
@@ -65,7 +65,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def smoke_cfg():
     """The real smoke profile, unpretrained (no weights file needed for unit tests)."""
-    return config.replace(config.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
+    return params.replace(params.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
 
 
 def make_models(cfg) -> Models:
@@ -98,7 +98,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def smoke_project(dest: Path, edit: Callable[[dict], None], env: dict[str, str] | None = None) -> dict[str, str]:
     """A fresh-clone-like copy of this working tree in `dest` (tracked and untracked, not ignored, files),
-    switched to the smoke profile, its params changed by `edit`, committed to a new git repo; returns
+    switched to the smoke profile, its values changed by `edit`, committed to a new git repo; returns
     the environment its commands run in. PYTHONPATH: the stages run the copy's code, not the
     checkout's that the venv's editable install points at."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -110,9 +110,9 @@ def smoke_project(dest: Path, edit: Callable[[dict], None], env: dict[str, str] 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "PYTHONPATH": str(dest), **(env or {})}
     subprocess.run(["ddfp", "profile", "smoke"], cwd=dest, env=env, capture_output=True, check=True)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    edit(params)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    values = yaml.safe_load((dest / "params.yaml").read_text())
+    edit(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, env=env, capture_output=True, check=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from test_trainer import tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
 
-from ddfp import config
+from pipeline import params
 from pipeline.evidence.ablation import (ARMS, Cell, all_labels_split, arm_config, commit_records, plan, record_config,
                                record_path, run_ablation, train_log_diagnostics)
 from pipeline.evidence.ablation_stats import goal_rows, paired_difference, split_pairs
@@ -22,7 +22,7 @@ DDFP = str(Path(sys.executable).parent / "ddfp")
 
 
 def smoke(**overrides):
-    return config.replace(config.load(profile="smoke"), {"data.splits": ["8", "16"], "tracking.enabled": False,
+    return params.replace(params.load(profile="smoke"), {"data.splits": ["8", "16"], "tracking.enabled": False,
                                                          **overrides})
 
 
@@ -151,7 +151,7 @@ def test_a_record_of_another_configuration_is_not_reused(tmp_path):
     cell = Cell("supervised", "8", 0)
     path = record_path(tmp_path, cell)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(_fake_record(config.replace(cfg, {"train.lr": 0.5}), cell, 1.0, code_digest())))
+    path.write_text(json.dumps(_fake_record(params.replace(cfg, {"train.lr": 0.5}), cell, 1.0, code_digest())))
     with pytest.raises(FileNotFoundError):  # it has to train, and the data is not there
         run_ablation(cfg, tmp_path / "absent", tmp_path / "absent", None, tmp_path / "work", tmp_path, [0],
                      ["supervised"], curve_seeds=[], progress=False)
@@ -209,7 +209,7 @@ def test_unknown_arm_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_every_arm_trains_once_and_writes_its_record(tiny_data, tmp_path):
-    cfg = config.replace(tiny_cfg(**{"train.max_iters": 2}), {"data.splits": ["8"]})
+    cfg = params.replace(tiny_cfg(**{"train.max_iters": 2}), {"data.splits": ["8"]})
     out = tmp_path / "out"
     args = (cfg, tiny_data / "dataset", tiny_data / "splits", None, tmp_path / "work", out, [0], list(ARMS))
     result = run_ablation(*args, curve_seeds=[], progress=False)
@@ -232,7 +232,7 @@ def test_every_arm_trains_once_and_writes_its_record(tiny_data, tmp_path):
 
 
 def test_cli_reads_the_records_and_names_other_code(tmp_path):
-    cfg = config.replace(config.load(profile="smoke"), {"model.pretrained": False})
+    cfg = params.replace(params.load(profile="smoke"), {"model.pretrained": False})
     _write_records(cfg, tmp_path / "reports", other_code=1)
     (tmp_path / "empty").mkdir()
     empty = str(tmp_path / "empty")

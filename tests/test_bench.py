@@ -1,12 +1,12 @@
 import subprocess
 import sys
 
-from ddfp import config
+from pipeline import params
 from pipeline.evidence.bench import run_bench
 
 
 def test_bench_step_reports_every_method_and_the_ratios():
-    cfg = config.replace(config.load(profile="smoke"), {"data.crop_size": 32})
+    cfg = params.replace(params.load(profile="smoke"), {"data.crop_size": 32})
     out = run_bench(cfg, "step", "demo", repeats=1)
     demo = out["demo"]
     for key in ("supervised_s", "mean_teacher_s", "ddfp_flow_only_s", "ddfp_s", "ddfp_logged_iteration_s"):

@@ -12,7 +12,7 @@ import pytest
 from conftest import require_service
 import torch
 
-from ddfp import config
+from pipeline import params
 from pipeline.train import checkpoint
 from pipeline.errors import DataError
 from pipeline.stages.synthetic import write_synthetic
@@ -27,9 +27,9 @@ SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data
 
 
 def tiny_cfg(**overrides):
-    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2,
+    base = {"model.pretrained": False, "data.crop_size": 32, "run.ckpt_every": 4, "run.log_every": 2,
             "tracking.enabled": False}
-    return config.replace(config.load(profile="smoke"), {**base, **overrides})
+    return params.replace(params.load(profile="smoke"), {**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_save_keeps_the_previous_checkpoint(tmp_path):
 def test_a_corrupt_last_checkpoint_resumes_from_the_previous_one(tiny_data, tmp_path, capsys, previous):
     run = tmp_path / "run"
     paths = RunPaths(tiny_data / "dataset", tiny_data / "splits" / "8", run)
-    short = {"train.ckpt_every": 2, "train.max_iters": 4}
+    short = {"run.ckpt_every": 2, "train.max_iters": 4}
     fit(tiny_cfg(**short), paths, progress=False)  # saves at 2 and 4
     prev = run / "last.prev.pt"
     assert torch.load(prev, weights_only=True)["iteration"] == 2

@@ -13,7 +13,7 @@ import pytest
 from conftest import smoke_project
 import torch
 
-from ddfp import config
+from pipeline import params
 from pipeline.train import checkpoint, runlock
 from pipeline.errors import BusyError
 from pipeline.stages.synthetic import write_synthetic
@@ -103,7 +103,7 @@ def test_a_killed_holder_frees_the_run_directory(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    cfg = config.replace(config.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
+    cfg = params.replace(params.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
     write_synthetic(cfg, root / "dataset")
     run_splits(cfg, root / "dataset", root / "splits")
     return root
@@ -143,10 +143,10 @@ def run_cmd(cmd, cwd, env, check=True):
     return res
 
 
-def _shrink(params: dict) -> None:
-    params["data"]["crop_size"] = 32
-    params["tracking"]["enabled"] = False
-    params["train"]["max_iters"] = 12
+def _shrink(values: dict) -> None:
+    values["data"]["crop_size"] = 32
+    values["tracking"]["enabled"] = False
+    values["train"]["max_iters"] = 12
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ import re
 import pytest
 import yaml
 
-from ddfp import config
+from pipeline import params
 from ddfp.config import ConfigError
 
 
 def test_defaults_are_the_authors_values():
-    cfg = config.from_mapping({})
+    cfg = params.from_mapping({})
     assert cfg.perturb.eps == 4.0 and cfg.train.conf_thresh == 0.95 and cfg.teacher.ema_decay == 0.999
     f = cfg.flow
     assert (f.n_blocks, f.hidden_dim, f.clamp, f.input_noise, f.num_samples) == (2, 256, 2.0, 0.05, 20480)
@@ -31,38 +31,38 @@ def test_defaults_are_the_authors_values():
     ],
 )
 def test_bad_values_name_the_key(override, key):
-    cfg = config.load(profile="smoke")
+    cfg = params.load(profile="smoke")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        config.replace(cfg, override)
+        params.replace(cfg, override)
 
 
 def test_overrides_parse_yaml_scalars_and_reject_garbage():
-    assert config.parse_overrides(["perturb.eps=2", "data.splits=[1, 2]"]) == {"perturb.eps": 2, "data.splits": [1, 2]}
+    assert params.parse_overrides(["perturb.eps=2", "data.splits=[1, 2]"]) == {"perturb.eps": 2, "data.splits": [1, 2]}
     with pytest.raises(ConfigError, match="key.sub=value"):
-        config.parse_overrides(["perturb.eps"])
+        params.parse_overrides(["perturb.eps"])
 
 
 def test_params_yaml_is_the_demo_profile():
     with open("params.yaml") as fh:
-        on_disk = config.from_mapping(yaml.safe_load(fh))
-    assert on_disk == config.load(profile="demo")
+        on_disk = params.from_mapping(yaml.safe_load(fh))
+    assert on_disk == params.load(profile="demo")
 
 
 def test_profiles_resolve_and_smoke_extends_demo():
-    smoke, demo = config.load(profile="smoke"), config.load(profile="demo")
+    smoke, demo = params.load(profile="smoke"), params.load(profile="demo")
     assert smoke.model.backbone == demo.model.backbone == "mobilenet_v2"
-    assert config.load(profile="pascal").model.backbone == "resnet101"
+    assert params.load(profile="pascal").model.backbone == "resnet101"
     with pytest.raises(ConfigError, match="unknown profile"):
-        config.load(profile="nope")
+        params.load(profile="nope")
 
 
 def test_replace_returns_new_validated_config():
-    cfg = config.load(profile="smoke")
-    new = config.replace(cfg, {"perturb.eps": 2.0})
+    cfg = params.load(profile="smoke")
+    new = params.replace(cfg, {"perturb.eps": 2.0})
     assert new.perturb.eps == 2.0 and cfg.perturb.eps == 4.0
 
 
-def _float_settings(cfg: config.Config) -> dict[str, object]:
+def _float_settings(cfg: params.Config) -> dict[str, object]:
     """Every float setting of the config with a value that puts inf/nan where a float goes."""
     flat = {k: v for k, v in cfg.flat().items() if not k.startswith("sweep.params.")}
     keys = {k: None for k, v in flat.items() if isinstance(v, float)}
@@ -73,7 +73,7 @@ def _float_settings(cfg: config.Config) -> dict[str, object]:
 
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
 def test_every_float_setting_must_be_finite(bad):
-    cfg = config.load(profile="smoke")
+    cfg = params.load(profile="smoke")
     settings = _float_settings(cfg)
     assert {"perturb.eps", "data.scale_range", "flow.betas", "tracking.checkpoint_max_mb"} <= set(settings)
     for key, shape in settings.items():
@@ -82,25 +82,25 @@ def test_every_float_setting_must_be_finite(bad):
         else:
             value = [bad, shape[1]] if isinstance(shape, list) else bad
         with pytest.raises(ConfigError, match=re.escape(key) + ".*finite"):
-            config.replace(cfg, {key: value})
+            params.replace(cfg, {key: value})
 
 
 def test_student_bn_teacher_must_pseudo_label_in_train_mode():
     # student_bn copies weights but never buffers: an eval-mode teacher would keep its initial BN
     # statistics forever.
-    cfg = config.load(profile="smoke")
+    cfg = params.load(profile="smoke")
     both = r"teacher\.mode.*student_bn.*teacher\.pseudo_label_mode.*pseudo_label_mode: train"
     with pytest.raises(ConfigError, match=both):
-        config.replace(cfg, {"teacher.mode": "student_bn"})
-    released = config.replace(cfg, {"teacher.mode": "student_bn", "teacher.pseudo_label_mode": "train"})
+        params.replace(cfg, {"teacher.mode": "student_bn"})
+    released = params.replace(cfg, {"teacher.mode": "student_bn", "teacher.pseudo_label_mode": "train"})
     assert released.teacher.mode == "student_bn"
 
 
 def test_method_controls_are_flags():
-    cfg = config.load(profile="smoke")
+    cfg = params.load(profile="smoke")
     assert (cfg.flow.fit_on, cfg.perturb.direction) == ("student", "density")
     with pytest.raises(ConfigError, match=r"flow\.fit_on"):
-        config.replace(cfg, {"flow.fit_on": "both"})
+        params.replace(cfg, {"flow.fit_on": "both"})
     with pytest.raises(ConfigError, match=r"perturb\.direction"):
-        config.replace(cfg, {"perturb.direction": "up"})
-    assert config.replace(cfg, {"perturb.eps": 0.0}).perturb.eps == 0.0
+        params.replace(cfg, {"perturb.direction": "up"})
+    assert params.replace(cfg, {"perturb.eps": 0.0}).perturb.eps == 0.0

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ddfp import config
+from pipeline import params
 from ddfp.data.spec import get_spec
 from ddfp.model import build_model
 from pipeline.train import distributed
@@ -86,7 +86,7 @@ def _confusion(env: DistEnv, data):
 
 @pytest.mark.slow
 def test_evaluation_on_two_ranks_equals_one_rank(tmp_path):
-    cfg = config.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32, "synthetic.num_val": 15})
+    cfg = params.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32, "synthetic.num_val": 15})
     write_synthetic(cfg, tmp_path / "dataset")
     run_splits(cfg, tmp_path / "dataset", tmp_path / "splits")
     (single,) = [_confusion(distributed.SINGLE, (cfg, tmp_path))]

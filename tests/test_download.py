@@ -20,7 +20,7 @@ from PIL import Image
 from test_fetch import make_tar, md5, png_bytes, voc_mask, voc_tar
 
 import pipeline.stages.download as dl
-from ddfp.config import load, replace
+from pipeline.params import load, replace
 from pipeline.fetch import DownloadError
 
 

@@ -19,7 +19,7 @@ import pytest
 from http_server import FileServer
 from PIL import Image
 
-from ddfp.config import load, replace
+from pipeline.params import load, replace
 from ddfp.data.masks import voc_palette
 from pipeline.stages.download import run_download
 from pipeline.fetch import ChecksumError, DownloadError, UnsafeArchiveError, download, extract, mirror_url

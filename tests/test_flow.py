@@ -1,11 +1,11 @@
 import torch
 
-from ddfp import config
+from pipeline import params
 from ddfp.flow import DensityEstimator, sample_pixels
 
 
 def small_flow(dim=6, classes=2, **kw):
-    cfg = config.load(profile="smoke").flow.model_copy(update={"hidden_dim": 16, **kw})
+    cfg = params.load(profile="smoke").flow.model_copy(update={"hidden_dim": 16, **kw})
     return DensityEstimator(cfg, dim, classes)
 
 

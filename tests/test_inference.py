@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from ddfp.config import EvalProtocol
 from ddfp.inference import _window_starts, predict
 from ddfp.model.deeplab import SegOutput
 
@@ -22,13 +23,13 @@ def image(h, w):
 
 def test_whole_image_padding_is_cut_away():
     img = image(37, 53)
-    pred = predict(Oracle(), img, "whole", 64, 2 / 3, 3)
+    pred = predict(Oracle(), img, EvalProtocol("whole", 64, 2 / 3, 3))
     assert pred.shape == (1, 37, 53) and torch.equal(pred[0], img[0, 0].long())
 
 
 def test_sliding_windows_cover_and_stitch():
     img = image(70, 130)
-    pred = predict(Oracle(), img, "sliding", 48, 2 / 3, 3)
+    pred = predict(Oracle(), img, EvalProtocol("sliding", 48, 2 / 3, 3))
     assert torch.equal(pred[0], img[0, 0].long())
     starts = _window_starts(130, 48, 32)
     assert starts[0] == 0 and starts[-1] == 130 - 48 and all(b - a <= 32 for a, b in zip(starts, starts[1:]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddfp import config
+from pipeline import params
 from pipeline.errors import DataError, UsageError
 from pipeline.stages.inputs import INPUT_KEYS, is_pipelines, own_dir, resolve_inputs
 from pipeline.stages.synthetic import write_synthetic
@@ -28,10 +28,10 @@ def workspace(tmp_path):
     """A DVC project whose pipeline (params.yaml) is another configuration than the smoke profile's:
     another generator seed, split 16 only; its data/dataset and data/splits are that pipeline's."""
     ws = tmp_path / "ws"
-    theirs = config.replace(config.load(profile="smoke"), {"data.splits": ["16"], "synthetic.seed": 1})
+    theirs = params.replace(params.load(profile="smoke"), {"data.splits": ["16"], "synthetic.seed": 1})
     write_synthetic(theirs, ws / "data" / "dataset")
     run_splits(theirs, ws / "data" / "dataset", ws / "data" / "splits")
-    (ws / "params.yaml").write_text(config.dump_yaml(theirs))
+    (ws / "params.yaml").write_text(params.dump_yaml(theirs))
     (ws / "dvc.yaml").write_bytes((ROOT / "dvc.yaml").read_bytes())
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
     return ws
@@ -39,7 +39,7 @@ def workspace(tmp_path):
 
 def test_another_profiles_inputs_are_never_rewritten(workspace):
     before = tree(workspace / "data")
-    mine = config.load(profile="smoke")
+    mine = params.load(profile="smoke")
     got = resolve_inputs(mine, ["8"], root=workspace)
     assert {k: v for k, v in tree(workspace / "data").items() if not k.startswith("profiles/")} == before
     own = own_dir(mine, workspace)
@@ -53,7 +53,7 @@ def test_another_profiles_inputs_are_never_rewritten(workspace):
 
 
 def test_given_paths_are_only_read(tmp_path):
-    cfg = config.load(profile="smoke")
+    cfg = params.load(profile="smoke")
     with pytest.raises(UsageError, match="--splits-dir"):
         resolve_inputs(cfg, ["8"], data=tmp_path, root=tmp_path)
     with pytest.raises(DataError, match="only read"):
@@ -61,17 +61,17 @@ def test_given_paths_are_only_read(tmp_path):
     with pytest.raises(DataError, match="only read"):
         resolve_inputs(cfg, ["8"], data=tmp_path, splits_dir=tmp_path, weights=tmp_path / "w.pth", root=tmp_path)
     assert list(tmp_path.iterdir()) == []
-    unpretrained = config.replace(cfg, {"model.pretrained": False})
+    unpretrained = params.replace(cfg, {"model.pretrained": False})
     assert resolve_inputs(unpretrained, ["8"], data=tmp_path, splits_dir=tmp_path, root=tmp_path).weights is None
 
 
 def test_which_inputs_are_the_pipelines():
-    smoke, demo = config.load(profile="smoke"), config.load(profile="demo")
+    smoke, demo = params.load(profile="smoke"), params.load(profile="demo")
     assert is_pipelines(smoke, smoke, ["8"]) and not is_pipelines(smoke, demo, ["8"])
     assert not is_pipelines(smoke, smoke, ["32"])  # a split the pipeline does not make
-    assert is_pipelines(config.replace(smoke, {"data.splits": ["8"], "perturb.eps": 1.0, "sweep.study": "x"}),
+    assert is_pipelines(params.replace(smoke, {"data.splits": ["8"], "perturb.eps": 1.0, "sweep.study": "x"}),
                         smoke, ["8"])
-    seeded = config.replace(smoke, {"data.split_seed": 1})
+    seeded = params.replace(smoke, {"data.split_seed": 1})
     assert not is_pipelines(seeded, smoke, ["8"]) and own_dir(seeded, Path()) != own_dir(smoke, Path())
 
 

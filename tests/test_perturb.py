@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddfp import config
+from pipeline import params
 from ddfp.perturb import density_descending_delta, pixels_last
 from ddfp.step import Phase, train_step
 from tests.conftest import make_batch, make_models
@@ -61,13 +61,13 @@ def test_random_direction_is_uncorrelated_with_the_density_gradient(smoke_cfg):
 def test_at_zero_eps_the_direction_changes_no_loss(smoke_cfg):
     # The eps = 0 control is the perturbation branch without a perturbation: the same network, BN
     # routing and loss weights, whatever direction would have been taken.
-    cfg = config.replace(smoke_cfg, {"perturb.eps": 0.0, "train.conf_thresh": 0.0, "model.dropout": 0.0})
+    cfg = params.replace(smoke_cfg, {"perturb.eps": 0.0, "train.conf_thresh": 0.0, "model.dropout": 0.0})
     models, batch = make_models(cfg), make_batch(cfg)
     ddfp = Phase(semi=True, fit_flow=True, perturb=True)
     outs = {}
     for direction in ("density", "random"):
         torch.manual_seed(0)
-        outs[direction] = train_step(models, batch, ddfp, config.replace(cfg, {"perturb.direction": direction}))
+        outs[direction] = train_step(models, batch, ddfp, params.replace(cfg, {"perturb.direction": direction}))
     assert torch.equal(outs["density"].seg_loss, outs["random"].seg_loss)
     assert float(outs["random"].logs["delta_norm"]) == 0.0 and float(outs["random"].logs["loss_perturb"]) > 0
 

@@ -13,14 +13,14 @@ from mlflow.tracking import MlflowClient
 from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
 from test_trainer import tiny_cfg as untracked_cfg
 
-from ddfp import config
+from pipeline import params
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import write_report
 from pipeline.train.fit import fit
 
 
 def smoke(**overrides):
-    return config.replace(config.load(profile="smoke"), {"tracking.enabled": True, **overrides})
+    return params.replace(params.load(profile="smoke"), {"tracking.enabled": True, **overrides})
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ import yaml
 from conftest import smoke_project
 from http_server import FileServer
 
-from ddfp import config
+from pipeline import params
+from pipeline import sections
 from ddfp.config import ConfigError
 from pipeline import cli
 from pipeline.stages.download import fetch_file
@@ -95,7 +96,7 @@ def test_nested_configs_are_redacted_throughout() -> None:
 
 
 def test_the_job_config_pickled_for_slurm_holds_no_password() -> None:
-    cfg = config.load(None, "smoke", {"sweep.storage": f"postgresql+psycopg2://u:{RAW}@h/db",
+    cfg = params.load(None, "smoke", {"sweep.storage": f"postgresql+psycopg2://u:{RAW}@h/db",
                                       "download.mirror": f"https://alice:{RAW}@mirror.org/x"})
     data = pickle.dumps(job_config(cfg))
     assert RAW.encode() not in data and b"w:rd" not in data
@@ -116,22 +117,22 @@ def test_sweep_storage_expands_the_environment_when_opened(monkeypatch, tmp_path
 
     monkeypatch.setenv("DDFP_TEST_DB_DIR", str(tmp_path))
     monkeypatch.delenv("DDFP_TEST_UNSET", raising=False)
-    cfg = config.load(None, "smoke", {"sweep.storage": "sqlite:///${DDFP_TEST_DB_DIR}/optuna.db",
+    cfg = params.load(None, "smoke", {"sweep.storage": "sqlite:///${DDFP_TEST_DB_DIR}/optuna.db",
                                       "sweep.heartbeat_interval_s": None})
     open_storage(cfg)
     assert (tmp_path / "optuna.db").is_file()
     assert cfg.sweep.storage == "sqlite:///${DDFP_TEST_DB_DIR}/optuna.db"  # the config keeps the reference
     with pytest.raises(ConfigError, match="sweep.storage: .*DDFP_TEST_UNSET"):
-        open_storage(config.replace(cfg, {"sweep.storage": "postgresql://u:${DDFP_TEST_UNSET}@h/db"}))
+        open_storage(params.replace(cfg, {"sweep.storage": "postgresql://u:${DDFP_TEST_UNSET}@h/db"}))
 
 
 # ---- the mirror: credentials from the environment or ~/.netrc, never from params.yaml ----------
 
-def served_file(server: FileServer) -> config.FileSource:
+def served_file(server: FileServer) -> sections.FileSource:
     data = b"mirrored bytes"
     (server.root / "base").mkdir()
     (server.root / "base" / "f.bin").write_bytes(data)
-    return config.FileSource(url="https://origin.invalid/f.bin", dest="f.bin", sha256=hashlib.sha256(data).hexdigest())
+    return sections.FileSource(url="https://origin.invalid/f.bin", dest="f.bin", sha256=hashlib.sha256(data).hexdigest())
 
 
 def basic(user: str, password: str) -> str:
@@ -142,7 +143,7 @@ def test_the_mirror_password_comes_from_the_environment(server: FileServer, tmp_
     src = served_file(server)
     monkeypatch.setenv("DDFP_TEST_MIRROR_PW", ENCODED)
     mirror = server.base.replace("http://", "http://alice:${DDFP_TEST_MIRROR_PW}@") + "/base"
-    dl = config.load(None, "smoke", {"download.mirror": mirror, "download.retries": 0}).download
+    dl = params.load(None, "smoke", {"download.mirror": mirror, "download.retries": 0}).download
     fetch_file(src, dl, tmp_path)
     assert (tmp_path / "f.bin").read_bytes() == b"mirrored bytes"
     assert server.requests[-1].headers["Authorization"] == basic("alice", RAW)
@@ -154,7 +155,7 @@ def test_the_mirror_credentials_come_from_netrc(server: FileServer, tmp_path: Pa
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login alice password {RAW}\n")
     monkeypatch.setenv("NETRC", str(netrc))  # requests reads $NETRC, else ~/.netrc
-    dl = config.load(None, "smoke", {"download.mirror": f"{server.base}/base", "download.retries": 0}).download
+    dl = params.load(None, "smoke", {"download.mirror": f"{server.base}/base", "download.retries": 0}).download
     fetch_file(src, dl, tmp_path / "data")
     assert server.requests[-1].headers["Authorization"] == basic("alice", RAW)
 
@@ -164,9 +165,9 @@ def test_a_failed_mirror_request_names_the_url_without_the_password(
 ) -> None:
     monkeypatch.setenv("DDFP_TEST_MIRROR_PW", ENCODED)
     mirror = server.base.replace("http://", "http://alice:${DDFP_TEST_MIRROR_PW}@") + "/missing"
-    dl = config.load(None, "smoke", {"download.mirror": mirror, "download.retries": 0}).download
+    dl = params.load(None, "smoke", {"download.mirror": mirror, "download.retries": 0}).download
     with pytest.raises(DownloadError, match=r"HTTP 404 for http://alice:\*\*\*@127\.0\.0\.1") as err:
-        fetch_file(config.FileSource(url="https://origin.invalid/f.bin", dest="f.bin"), dl, tmp_path)
+        fetch_file(sections.FileSource(url="https://origin.invalid/f.bin", dest="f.bin"), dl, tmp_path)
     assert ENCODED not in str(err.value) and RAW not in str(err.value)
 
 
@@ -174,7 +175,7 @@ def test_a_failed_mirror_request_names_the_url_without_the_password(
                                     "https://mirror.org/x?token=abc"])
 def test_a_literal_password_in_the_mirror_is_refused_before_anything_runs(tmp_path: Path, mirror: str) -> None:
     # DVC copies download.mirror into dvc.lock (committed): a literal password there is a leak.
-    cfg = config.load(None, "smoke", {"download.mirror": mirror, "model.pretrained": False})
+    cfg = params.load(None, "smoke", {"download.mirror": mirror, "model.pretrained": False})
     refused = r"download.mirror: .*put the password in an environment variable: \$\{VAR\}"
     with pytest.raises(ConfigError, match=refused) as err:
         run_weights(cfg, tmp_path / "weights")
@@ -213,7 +214,7 @@ def leaks(files: list[Path], needles: list[str]) -> list[str]:
 def mirror(tmp_path_factory):
     """A local HTTP mirror serving the smoke dataset as the one archive the download stage fetches."""
     work = tmp_path_factory.mktemp("mirror")
-    write_synthetic(config.load(None, "smoke", {"synthetic.num_val": 8}), work / "dataset")  # 8: a quicker evaluation
+    write_synthetic(params.load(None, "smoke", {"synthetic.num_val": 8}), work / "dataset")  # 8: a quicker evaluation
     srv = FileServer(work / "served")
     (srv.root / "base").mkdir(parents=True)
     with tarfile.open(srv.root / "base" / "synthetic.tar", "w") as tar:
@@ -229,19 +230,19 @@ def project(tmp_path: Path, mirror: FileServer):
     dest = tmp_path / "project"
     tar = mirror.root / "base" / "synthetic.tar"
 
-    def through_the_mirror(params: dict) -> None:
-        params["data"].update(crop_size=32, splits=["8"])
-        params["train"]["max_iters"] = 2
-        params["download"].update(retries=0, files=[{
+    def through_the_mirror(values: dict) -> None:
+        values["data"].update(crop_size=32, splits=["8"])
+        values["train"]["max_iters"] = 2
+        values["download"].update(retries=0, files=[{
             "url": "https://origin.invalid/synthetic.tar", "dest": "synthetic.tar",
             "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(), "extract": True}])
 
     env = smoke_project(dest, through_the_mirror, {"MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
                                                    MIRROR_ENV: ENCODED})
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    values = yaml.safe_load((dest / "params.yaml").read_text())
     files = run(["git", "ls-files"], dest, env).stdout.split()
     committed = {rel: hashlib.sha256((dest / rel).read_bytes()).digest() for rel in files if (dest / rel).is_file()}
-    return dest, env, params, committed
+    return dest, env, values, committed
 
 
 def written_by_the_run(dest: Path, committed: dict[str, bytes]) -> list[Path]:

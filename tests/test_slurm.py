@@ -15,6 +15,7 @@ import pytest
 from conftest import require_service
 import yaml
 
+from pipeline import params
 from ddfp import config
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.slurm import SlurmJobError, outcome, submit_training, wait
@@ -52,7 +53,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_data")
-    cfg = config.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32})
+    cfg = params.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32})
     write_synthetic(cfg, root / "dataset")
     run_splits(cfg, root / "dataset", root / "splits")
     return root
@@ -60,10 +61,10 @@ def data(tmp_path_factory):
 
 def smoke(tmp_path, **overrides):
     """The smoke profile shrunk to CPU tasks on the test cluster; logs and jobs under tmp_path."""
-    base = {"model.pretrained": False, "data.crop_size": 32, "tracking.enabled": False, "train.log_every": 1,
+    base = {"model.pretrained": False, "data.crop_size": 32, "tracking.enabled": False, "run.log_every": 1,
             "slurm.folder": str(tmp_path / "slurm" / "%j"), "slurm.setup": [f"source {ROOT}/slurm/env.sh"],
             "slurm.time_min": 10}
-    return config.load(None, "smoke", {**base, **overrides})
+    return params.load(None, "smoke", {**base, **overrides})
 
 
 def run_paths(data, out, split="8"):
@@ -123,7 +124,7 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(cluster, data, tmp_
     # machine more runs are needed, hence the generous requeue budget.
     cfg = smoke(tmp_path, **{"slurm.time_min": 2, "slurm.signal_delay_s": 75, "slurm.max_num_timeout": 20,
                              "slurm.tasks_per_node": 2, "train.batch_size": 2, "train.epochs": 24, "train.max_iters": 240,
-                             "train.log_every": 4})
+                             "run.log_every": 4})
     t0 = time.time()
     job = submit_training(cfg, {"8": run_paths(data, tmp_path / "run")})[0]
     while not job.done():
@@ -171,10 +172,11 @@ def test_cancelled_job_fails_ddfp_submit_clearly(cluster, data, tmp_path):
 
 def test_dvc_repro_with_the_slurm_launcher(cluster, project):
     dest, env = project  # test_dvc_pipeline's fresh copy of the project on the smoke profile
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["train"].update(launcher="slurm", max_iters=4)
-    params["tracking"]["enabled"] = False
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    values = yaml.safe_load((dest / "params.yaml").read_text())
+    values["train"]["max_iters"] = 4
+    values["run"]["launcher"] = "slurm"
+    values["tracking"]["enabled"] = False
+    (dest / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slurm"], dest, env)
     t0 = time.time()
     out = run(["dvc", "repro"], dest, env)

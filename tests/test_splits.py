@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddfp import config
+from pipeline import params
 from ddfp.data.dataset import read_split_file
 from ddfp.data.masks import classes_present, read_mask
 from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
@@ -26,15 +26,15 @@ PASCAL_IDS = [f"2007_{i:06d}" for i in range(12)]
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = config.replace(config.load(profile="smoke"), {"synthetic.num_train": 40, "synthetic.num_val": 6,
+    cfg = params.replace(params.load(profile="smoke"), {"synthetic.num_train": 40, "synthetic.num_val": 6,
                                                         "synthetic.image_size": 32})
     root = tmp_path_factory.mktemp("data") / "synthetic"
     write_synthetic(cfg, root)
     return root
 
 
-def _smoke(overrides: dict) -> config.Config:
-    return config.replace(config.load(profile="smoke"), overrides)
+def _smoke(overrides: dict) -> params.Config:
+    return params.replace(params.load(profile="smoke"), overrides)
 
 
 def test_synthetic_splits_cover_all_classes_and_are_disjoint(synthetic_root: Path, tmp_path: Path) -> None:

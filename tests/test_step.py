@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddfp import config
+from pipeline import params
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels
@@ -19,14 +19,14 @@ def test_phases_follow_method_and_epoch(smoke_cfg):
     assert Phase.at_epoch(0, smoke_cfg) == Phase(False, False, False)
     assert Phase.at_epoch(1, smoke_cfg) == Phase(True, True, False)
     assert Phase.at_epoch(2, smoke_cfg) == DDFP
-    mt = config.replace(smoke_cfg, {"train.method": "mean_teacher"})
+    mt = params.replace(smoke_cfg, {"train.method": "mean_teacher"})
     assert Phase.at_epoch(5, mt) == Phase(True, False, False)
-    sup = config.replace(smoke_cfg, {"train.method": "supervised"})
+    sup = params.replace(smoke_cfg, {"train.method": "supervised"})
     assert Phase.at_epoch(5, sup) == Phase(False, False, False)
 
 
 def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
-    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.0})
     out = train_step(make_models(cfg), make_batch(cfg), DDFP, cfg)
     for key in ("loss_sup", "loss_unsup", "loss_perturb", "flow_bpd", "nll_fit", "nll_query", "nll_after",
                 "delta_norm", "v_norm", "confident_ratio"):
@@ -38,7 +38,7 @@ def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
 @pytest.mark.parametrize("phase", [DDFP, WARMUP])
 def test_skipping_diagnostics_leaves_the_losses_unchanged(smoke_cfg, phase):
     # The trainer skips them on unlogged iterations; that must not change what is trained.
-    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
     models, batch = make_models(cfg), make_batch(cfg)
     runs = []
     for diagnostics in (True, False):
@@ -52,7 +52,7 @@ def test_skipping_diagnostics_leaves_the_losses_unchanged(smoke_cfg, phase):
 
 
 def test_no_confident_pixel_gives_no_nan(smoke_cfg):
-    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 1.0})  # nothing is strictly above 1
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 1.0})  # nothing is strictly above 1
     models = make_models(cfg)
     out = train_step(models, make_batch(cfg), DDFP, cfg)
     assert float(out.logs["confident_ratio"]) == 0.0
@@ -64,7 +64,7 @@ def test_no_confident_pixel_gives_no_nan(smoke_cfg):
 
 
 def test_non_finite_loss_skips_the_update(smoke_cfg):
-    cfg = config.replace(smoke_cfg, {"train.max_iters": 10})
+    cfg = params.replace(smoke_cfg, {"train.max_iters": 10})
     tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
     batch = make_batch(cfg)
     batch.img_x[0, 0, 0, 0] = float("nan")  # poisons the segmentation loss (and the teacher's BN)
@@ -88,7 +88,7 @@ def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cf
     # The train-mode forward writes the batch's BN statistics before the loss is known to be NaN
     # (and a train-mode teacher writes its own): a skip must put every buffer back, or the next clean
     # step's EMA copies NaN statistics into the reported teacher.
-    cfg = config.replace(smoke_cfg, {"train.max_iters": 10, "teacher.pseudo_label_mode": pseudo_label_mode})
+    cfg = params.replace(smoke_cfg, {"train.max_iters": 10, "teacher.pseudo_label_mode": pseudo_label_mode})
     tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
     tr.run_iteration(make_batch(cfg, seed=1), DDFP)  # a clean step first: the teacher is an EMA now
     before = _states(tr)
@@ -112,9 +112,9 @@ def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cf
 
 @pytest.mark.parametrize("phase", [DDFP, WARMUP])
 def test_diagnostics_leave_the_random_stream_alone(smoke_cfg, phase):
-    # train.log_every decides where diagnostics run; it must not change what is trained later, so
+    # run.log_every decides where diagnostics run; it must not change what is trained later, so
     # the diagnostics may not draw from the global generator that later steps draw from.
-    cfg = config.replace(smoke_cfg, {"train.conf_thresh": 0.0})
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.0})
     models, batch = make_models(cfg), make_batch(cfg)
     after = []
     for diagnostics in (True, False):
@@ -147,7 +147,7 @@ def _fit_nll(flow, feats, mask_x, ignore_u):
 
 def _fit_cfg(smoke_cfg, **extra):
     # Every pixel enters the fit and no noise is added: the fit loss is then a function of the features.
-    return config.replace(smoke_cfg, {"flow.num_samples": 4096, "flow.input_noise": 0.0,
+    return params.replace(smoke_cfg, {"flow.num_samples": 4096, "flow.input_noise": 0.0,
                                       "train.cutmix_prob": 1.0, **extra})
 
 

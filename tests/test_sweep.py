@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from pipeline import params
 from ddfp import config
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
@@ -33,7 +34,7 @@ FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep_data")
-    cfg = config.load(None, "smoke")
+    cfg = params.load(None, "smoke")
     write_synthetic(cfg, root / "dataset")
     run_splits(cfg, root / "dataset", root / "splits")
     run_weights(cfg, root / "weights")  # pretrained: from scratch, 10 iterations learn nothing measurable
@@ -91,7 +92,7 @@ def check_study(tmp_path, url, trials=4, study="t"):
     out = tmp_path / "reports" / study
     nested = {}
     for key, value in st.best_params.items():
-        config.set_dotted(nested, key, value)
+        params.set_dotted(nested, key, value)
     assert yaml.safe_load((out / "best_params.yaml").read_text()) == nested
     assert len((out / "trials.csv").read_text().strip().splitlines()) == trials + 1
     assert all((out / f).stat().st_size > 0 for f in ("history.png", "landscape.png"))
@@ -137,7 +138,7 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(data, tmp_path, mo
     monkeypatch.setattr(fit_module, "fit", fit)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    cfg = config.load(None, "smoke", {"sweep.storage": url, "sweep.study": "t",
+    cfg = params.load(None, "smoke", {"sweep.storage": url, "sweep.study": "t",
                                       "sweep.n_trials": 2, "sweep.pruner": "none"})
     paths = sweep_paths(data, tmp_path)
     summary = run_sweep(cfg, paths)
@@ -238,7 +239,7 @@ def test_no_trace_of_the_storage_password(data, tmp_path, postgres):
     # A literal password in sweep.storage is refused for SLURM (it would be pickled into the job).
     from pipeline.sweep.launch import _slurm_workers
 
-    cfg = config.load(None, "smoke", {"sweep.storage": pg_url(postgres, secret), "train.launcher": "slurm"})
+    cfg = params.load(None, "smoke", {"sweep.storage": pg_url(postgres, secret), "run.launcher": "slurm"})
     with pytest.raises(config.ConfigError, match="sweep.storage"):
         _slurm_workers(cfg, None, None)
 
@@ -250,8 +251,8 @@ def test_no_trace_of_the_storage_password(data, tmp_path, postgres):
 def test_job_array_of_two_workers(cluster, data, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    cfg = config.load(None, "smoke", {
-        "train.launcher": "slurm", "sweep.storage": url, "sweep.study": "t",
+    cfg = params.load(None, "smoke", {
+        "run.launcher": "slurm", "sweep.storage": url, "sweep.study": "t",
         "sweep.n_trials": 4, "sweep.workers": 2, "slurm.folder": str(tmp_path / "slurm" / "%j"),
         "slurm.setup": [f"source {ROOT}/slurm/env.sh"], "slurm.time_min": 10})
     paths = sweep_paths(data, tmp_path)
@@ -263,18 +264,18 @@ def test_job_array_of_two_workers(cluster, data, tmp_path, monkeypatch):  # noqa
 
 
 def test_trial_config_and_storage_kinds(tmp_path, monkeypatch):
-    cfg = config.load(None, "smoke")
+    cfg = params.load(None, "smoke")
     tcfg = trial_config(cfg, {"perturb.eps": 2.5, "train.conf_thresh": 0.7})
     assert (tcfg.perturb.eps, tcfg.train.conf_thresh, tcfg.train.epochs, tcfg.data.crop_size) == (2.5, 0.7, 2, 32)
     with pytest.raises(config.ConfigError, match="train.conf_thresh"):
         trial_config(cfg, {"train.conf_thresh": 1.5})
     with pytest.raises(config.ConfigError, match="sweep"):
-        config.replace(cfg, {"sweep.params": {"perturb.epz": {"low": 1.0, "high": 2.0}}})
+        params.replace(cfg, {"sweep.params": {"perturb.epz": {"low": 1.0, "high": 2.0}}})
     monkeypatch.chdir(tmp_path)
-    journal = open_storage(config.replace(cfg, {"sweep.storage": "journal:sweep.log"}))
+    journal = open_storage(params.replace(cfg, {"sweep.storage": "journal:sweep.log"}))
     assert isinstance(journal, optuna.storages.JournalStorage) and (tmp_path / "sweep.log").exists()
     with pytest.raises(config.ConfigError, match="NOT_SET_VAR"):
-        open_storage(config.replace(cfg, {"sweep.storage": "postgresql://u:${NOT_SET_VAR}@h/db"}))
+        open_storage(params.replace(cfg, {"sweep.storage": "postgresql://u:${NOT_SET_VAR}@h/db"}))
 
 
 def test_a_slurm_sweep_pickles_the_storage_reference_never_the_password(monkeypatch):
@@ -284,10 +285,10 @@ def test_a_slurm_sweep_pickles_the_storage_reference_never_the_password(monkeypa
 
     monkeypatch.setenv("DDFP_PG_PASSWORD", "p@ss/w:rd")
     ref = "postgresql+psycopg2://optuna:${DDFP_PG_PASSWORD}@127.0.0.1/optuna"
-    cfg = config.load(None, "smoke", {"sweep.storage": ref, "train.launcher": "slurm"})
+    cfg = params.load(None, "smoke", {"sweep.storage": ref, "run.launcher": "slurm"})
     tree = job_tree(cfg)
     assert tree["sweep"]["storage"] == ref
     assert "p@ss/w:rd" not in repr(tree)
-    literal = config.replace(cfg, {"sweep.storage": "postgresql+psycopg2://optuna:pw@127.0.0.1/optuna"})
+    literal = params.replace(cfg, {"sweep.storage": "postgresql+psycopg2://optuna:pw@127.0.0.1/optuna"})
     with pytest.raises(config.ConfigError, match="sweep.storage"):
         job_tree(literal)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddfp import config
+from pipeline import params
 from ddfp.data.masks import read_mask
 from ddfp.data.spec import IGNORE_INDEX, SYNTHETIC_CLASSES
 from ddfp.data.synthetic import generate, make_sample
@@ -20,21 +20,21 @@ NUM_CLASSES = len(SYNTHETIC_CLASSES)
 
 
 @pytest.fixture(scope="module")
-def cfg() -> config.Config:
-    base = config.load(profile="smoke")
-    return config.replace(base, {"synthetic.num_train": 40, "synthetic.num_val": 8, "synthetic.image_size": 48})
+def cfg() -> params.Config:
+    base = params.load(profile="smoke")
+    return params.replace(base, {"synthetic.num_train": 40, "synthetic.num_val": 8, "synthetic.image_size": 48})
 
 
-def test_same_seed_same_data_other_seed_other_data(cfg: config.Config) -> None:
+def test_same_seed_same_data_other_seed_other_data(cfg: params.Config) -> None:
     first = list(generate(cfg.synthetic))
     again = list(generate(cfg.synthetic))
-    other = list(generate(config.replace(cfg, {"synthetic.seed": 1}).synthetic))
+    other = list(generate(params.replace(cfg, {"synthetic.seed": 1}).synthetic))
     assert [s[0] for s in first] == [s[0] for s in again]
     assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(first, again))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
 
 
-def test_counts_splits_and_types(cfg: config.Config) -> None:
+def test_counts_splits_and_types(cfg: params.Config) -> None:
     samples = list(generate(cfg.synthetic))
     splits = [s[3] for s in samples]
     assert splits.count("train") == 40 and splits.count("val") == 8
@@ -55,7 +55,7 @@ def test_values_and_void_borders() -> None:
             assert np.array_equal(a[labelled], b[labelled])
 
 
-def test_every_class_occurs_often(cfg: config.Config) -> None:
+def test_every_class_occurs_often(cfg: params.Config) -> None:
     counts = np.zeros(NUM_CLASSES, int)
     for _, _, mask, split in generate(cfg.synthetic):
         if split == "train":
@@ -64,7 +64,7 @@ def test_every_class_occurs_often(cfg: config.Config) -> None:
     assert counts[1:].min() >= 5, counts  # ~2 objects per image over 7 classes: ~11 each expected
 
 
-def test_write_synthetic_voc_layout(cfg: config.Config, tmp_path: Path) -> None:
+def test_write_synthetic_voc_layout(cfg: params.Config, tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
     write_synthetic(cfg, root)
     train = (root / "ImageSets/Segmentation/train.txt").read_text().split()
@@ -80,17 +80,17 @@ def test_write_synthetic_voc_layout(cfg: config.Config, tmp_path: Path) -> None:
     assert voc_palette()[3 * 255: 3 * 256] == [224, 224, 192]  # VOC's void colour
 
 
-def test_rerun_replaces_and_leaves_no_temporaries(cfg: config.Config, tmp_path: Path) -> None:
+def test_rerun_replaces_and_leaves_no_temporaries(cfg: params.Config, tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
     write_synthetic(cfg, root)
     (root / "stale.txt").write_text("from an earlier run")
-    write_synthetic(config.replace(cfg, {"synthetic.num_train": 12}), root)
+    write_synthetic(params.replace(cfg, {"synthetic.num_train": 12}), root)
     assert not (root / "stale.txt").exists()
     assert len((root / "ImageSets/Segmentation/train.txt").read_text().split()) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
 
 
-def test_refuses_to_replace_foreign_folder(cfg: config.Config, tmp_path: Path) -> None:
+def test_refuses_to_replace_foreign_folder(cfg: params.Config, tmp_path: Path) -> None:
     root = tmp_path / "precious"
     root.mkdir()
     (root / "thesis.tex").write_text("do not delete")
@@ -99,9 +99,9 @@ def test_refuses_to_replace_foreign_folder(cfg: config.Config, tmp_path: Path) -
     assert (root / "thesis.tex").exists()
 
 
-def test_pack_tar(cfg: config.Config, tmp_path: Path) -> None:
+def test_pack_tar(cfg: params.Config, tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
-    write_synthetic(config.replace(cfg, {"synthetic.num_train": 4, "synthetic.num_val": 2}), root)
+    write_synthetic(params.replace(cfg, {"synthetic.num_train": 4, "synthetic.num_val": 2}), root)
     tar_path = tmp_path / "out" / "synthetic.tar"
     pack_tar(root, tar_path, "VOCdevkit/VOC2012")
     with tarfile.open(tar_path) as tar:

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from ddfp import config
+from pipeline import params
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline.train.trainer import Trainer
@@ -72,7 +72,7 @@ def test_hand_off_copies_parameters_and_buffers():
 def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
     # The supervised epochs train the student; the teacher built from the initial network must not
     # pseudo-label the first semi-supervised batch.
-    cfg = config.replace(smoke_cfg, {"train.max_iters": 2})
+    cfg = params.replace(smoke_cfg, {"train.max_iters": 2})
     tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
     t0 = cfg.train.sup_only_epochs * tr.iters_per_epoch
     for it in range(t0):

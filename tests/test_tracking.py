@@ -15,7 +15,7 @@ from mlflow_server import MlflowServer, free_port
 from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
 from test_trainer import tiny_cfg as untracked_cfg
 
-from ddfp import config
+from pipeline import params
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
 from pipeline.stages.report import markdown_table, summarise, write_report
@@ -67,16 +67,16 @@ def test_dvc_hashes_come_from_dvc_lock(tmp_path):
 
 
 def test_seeds_share_a_parent_group_and_eps_does_not():
-    cfg = config.load(profile="smoke")
-    assert group_hash(cfg) == group_hash(config.replace(cfg, {"train.seed": 7}))
-    assert group_hash(cfg) != group_hash(config.replace(cfg, {"perturb.eps": 2.0}))
+    cfg = params.load(profile="smoke")
+    assert group_hash(cfg) == group_hash(params.replace(cfg, {"train.seed": 7}))
+    assert group_hash(cfg) != group_hash(params.replace(cfg, {"perturb.eps": 2.0}))
 
 
 @pytest.mark.slow
 @pytest.mark.mlflow_server
 def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, tracking_to, tiny_data, tmp_path):
     tracking_to(mlflow_server.url)
-    cfg = tiny_cfg(**{"train.max_iters": 12, "train.eval_every": 1})
+    cfg = tiny_cfg(**{"train.max_iters": 12, "run.eval_every": 1})
     summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
     run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
                  tmp_path / "metrics" / "8.json")
@@ -93,7 +93,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["ddfp_kind"] == "parent"
     artifacts = {a.path for d in ("", "figures", "overlays") for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"config.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
+    assert {"params.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
     found = client_frame(mlflow_server.url)
     assert summary["run_id"] in set(found["run_id"])
 
@@ -110,7 +110,7 @@ def client_frame(uri: str) -> pd.DataFrame:
 def test_a_killed_and_resumed_training_keeps_one_run(mlflow_server, tiny_data, tmp_path):
     out = tmp_path / "run"
     cmd = [str(Path(sys.executable).with_name("ddfp")), "train", "--profile", "smoke",
-           "--set", "model.pretrained=false", "--set", "data.crop_size=32", "--set", "train.ckpt_every=2",
+           "--set", "model.pretrained=false", "--set", "data.crop_size=32", "--set", "run.ckpt_every=2",
            "--set", "train.max_iters=14", "--set", "train.seed=11", "--data", str(tiny_data / "dataset"),
            "--split-dir", str(tiny_data / "splits" / "8"), "--out", str(out)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url}
@@ -147,7 +147,7 @@ def test_a_server_blink_mid_run_loses_no_metrics(mlflow_server, tracking_to, tin
     # Batches of 8: 5 iterations an epoch, evaluations at 5 and 10; the supervised method is the
     # cheapest step (tracking does not depend on it).
     tracking_to(mlflow_server.url)
-    cfg = tiny_cfg(**{"train.batch_size": 8, "train.max_iters": 10, "train.seed": 31, "train.ckpt_every": 100,
+    cfg = tiny_cfg(**{"train.batch_size": 8, "train.max_iters": 10, "train.seed": 31, "run.ckpt_every": 100,
                       "train.method": "supervised"})
 
     def blink(epoch: int, miou: float) -> None:
@@ -194,7 +194,7 @@ def test_a_training_that_never_reached_the_server_is_sent_by_evaluate(mlflow_ser
     assert fit(cfg, paths(tiny_data, run_dir), progress=False)["run_id"] is None
     assert (run_dir / "tracking_pending.jsonl").is_file()
     # The server answers now (in a real outage: the same URL, back up).
-    back = config.replace(cfg, {"tracking.uri": mlflow_server.url})
+    back = params.replace(cfg, {"tracking.uri": mlflow_server.url})
     metrics = run_evaluate(back, run_dir / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
                            tmp_path / "metrics" / "8.json")
     client = MlflowClient(mlflow_server.url)
@@ -216,7 +216,7 @@ def test_a_password_in_the_config_never_reaches_the_store_or_reports(tiny_data, 
     fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
     run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
                  tmp_path / "metrics" / "8" / "ddfp.json")
-    write_report(config.replace(cfg, {"data.splits": ["8"]}), tmp_path / "metrics", tmp_path / "reports" / "r.md")
+    write_report(params.replace(cfg, {"data.splits": ["8"]}), tmp_path / "metrics", tmp_path / "reports" / "r.md")
     client, runs = runs_named(f"sqlite:///{store / 'mlflow.db'}", "synthetic-8-ddfp-seed0")
     assert runs[0].data.params["download.mirror"] == "https://alice:***@mirror.example.org/voc"
     files = [f for d in (store, tmp_path / "reports", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
@@ -226,7 +226,7 @@ def test_a_password_in_the_config_never_reaches_the_store_or_reports(tiny_data, 
 
 
 def test_report_table_has_mean_and_std_over_seeds_and_the_paper_on_pascal():
-    cfg = config.load(profile="pascal")
+    cfg = params.load(profile="pascal")
     frame = pd.DataFrame({"split": ["92", "92", "92", "183"], "method": ["ddfp", "ddfp", "supervised", "ddfp"],
                           "seed": [1, 2, 1, 1], "val_miou": [70.0, 72.0, 50.0, 76.0]})
     summary = summarise(frame, cfg)

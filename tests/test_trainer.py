@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from ddfp import config
+from pipeline import params
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
 from ddfp.schedule import flow_lr, poly_lr
@@ -24,9 +24,9 @@ def tiny_data(tmp_path_factory):
 
 def tiny_cfg(**overrides):
     # No MLflow here: tracking has its own tests (test_tracking.py), and each tracked run costs seconds.
-    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2,
+    base = {"model.pretrained": False, "data.crop_size": 32, "run.ckpt_every": 4, "run.log_every": 2,
             "tracking.enabled": False}
-    return config.replace(config.load(profile="smoke"), {**base, **overrides})
+    return params.replace(params.load(profile="smoke"), {**base, **overrides})
 
 
 def paths(data, out):
@@ -55,10 +55,10 @@ def assert_same(a, b, path="state"):
 
 @pytest.mark.slow
 def test_log_every_does_not_change_the_weights(tiny_data, tmp_path):
-    # The DVC train stage leaves train.log_every out of its params and a checkpoint resumes across it:
+    # The DVC train stage leaves run.log_every out of its params and a checkpoint resumes across it:
     # both rest on the logged iterations' diagnostics not touching what is trained.
     for every, out in ((1, "a"), (7, "b")):
-        fit(tiny_cfg(**{"train.max_iters": 25, "train.log_every": every}), paths(tiny_data, tmp_path / out),
+        fit(tiny_cfg(**{"train.max_iters": 25, "run.log_every": every}), paths(tiny_data, tmp_path / out),
             progress=False)
     a, b = states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt")
     assert_same({k: a[k] for k in ("student", "teacher", "flow")}, {k: b[k] for k in ("student", "teacher", "flow")})

@@ -13,7 +13,7 @@ import torchvision
 from http_server import FileServer
 
 import pipeline.stages.weights as weights
-from ddfp.config import load, replace
+from pipeline.params import load, replace
 from pipeline.fetch import ChecksumError
 
 

@@ -26,15 +26,14 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from ddfp.config import Config, from_mapping, replace
+from pipeline.params import Config, from_mapping, replace
 from ddfp.data.dataset import SegDataset, read_split_file
-from ddfp.data.spec import get_spec
+from ddfp.inference import class_scores
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
 from pipeline.train import checkpoint
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.train.code_version import code_digest
 from pipeline.errors import DataError, UsageError
-from pipeline.train.validation import class_probs
 from pipeline.stages.evaluate import run_evaluate, trained_models
 from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.stages.report import labels_of
@@ -53,8 +52,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 CURVE_ARMS = ("supervised", "mean_teacher", "ddfp")
 # Values that cannot change a run's weights or its evaluation: a record stays valid when only these
 # differ (data.splits only lists which splits exist; the others schedule, log or track).
-NOT_RESULTS = ("profile", "methods", "data.splits", "data.num_workers", "download.", "train.device",
-               "train.eval_every", "train.ckpt_every", "train.log_every", "train.launcher", "eval.batch_size",
+NOT_RESULTS = ("profile", "methods", "data.splits", "run.num_workers", "download.", "run.device",
+               "run.eval_every", "run.ckpt_every", "run.log_every", "run.launcher", "eval.batch_size",
                "tracking.", "slurm.", "sweep.")
 TRAIN_LOG_KEYS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup",
                   "loss_perturb")
@@ -84,7 +83,7 @@ def arm_config(cfg: Config, cell: Cell) -> Config:
     method, overrides = ARMS[cell.arm]
     # One evaluation, at the end: a record holds the final numbers only, and on 2 CPU cores the
     # intermediate sliding-window evaluations cost about a fifth of a demo run.
-    return replace(cfg, {"train.method": method, "train.seed": cell.seed, "train.eval_every": cfg.train.epochs,
+    return replace(cfg, {"train.method": method, "train.seed": cell.seed, "run.eval_every": cfg.train.epochs,
                          **overrides})
 
 
@@ -147,16 +146,16 @@ def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir
         return {}  # no ground truth to score against
     state = checkpoint.load(ckpt)
     trained = from_mapping({**state["config"], "eval": cfg.to_dict()["eval"]})
-    spec = get_spec(trained.data.dataset)
-    device = select_device(cfg.train.device)
+    spec = trained.spec
+    device = select_device(cfg.run.device)
     models = trained_models(state, trained, device)
     name = "teacher" if "teacher" in models else "student"
     model = models[name].eval()
     dataset = SegDataset(data_root, lines, "val", trained.data.crop_size, trained.data.scale_range, spec.num_classes)
     background = spec.class_names.index("background") if "background" in spec.class_names else None
     counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)
-    for batch in DataLoader(dataset, batch_size=trained.eval.batch_size, num_workers=trained.data.num_workers):
-        probs = class_probs(model, batch["img"].to(device), trained)
+    for batch in DataLoader(dataset, batch_size=trained.eval.batch_size, num_workers=trained.run.num_workers):
+        probs = class_scores(model, batch["img"].to(device), trained.eval_protocol)
         counts += pseudo_label_counts(probs, batch["mask"].to(device), cfg.train.conf_thresh, background).cpu()
     # null, not NaN, for a ratio over no pixels: records are strict JSON, read by any tool.
     quality = {f"pl_{k}": None if math.isnan(v) else v for k, v in pseudo_label_quality(counts).items()}

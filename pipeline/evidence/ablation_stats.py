@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline import figures
 from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.stages.report import labels_of, numeric_markdown

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ddfp.config import Config, replace
+from pipeline.params import Config, replace
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
@@ -26,7 +26,7 @@ from pipeline.train.trainer import Trainer, select_device
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
-GPU = {**PAPER, "data.crop_size": 513, "train.batch_size": 4, "train.precision": "bf16", "train.device": "cuda"}
+GPU = {**PAPER, "data.crop_size": 513, "train.batch_size": 4, "train.precision": "bf16", "run.device": "cuda"}
 # The step variants, as phases of the ddfp method (mean_teacher = semi without flow or perturbation).
 VARIANTS = {
     "supervised": Phase(False, False, False),
@@ -98,7 +98,7 @@ def _channels_last(tr: Trainer, batch: Batch) -> Batch:
 
 def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dict[str, Any]:
     cfg = replace(cfg, {"train.conf_thresh": 0.0, "train.max_iters": 10**6, "model.pretrained": False})
-    device = select_device(cfg.train.device)
+    device = select_device(cfg.run.device)
     out: dict[str, Any] = {"backbone": cfg.model.backbone, "crop": cfg.data.crop_size,
                            "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
                            "flow_samples": cfg.flow.num_samples, "device": str(device),
@@ -113,7 +113,7 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
     if channels_last:
         batch = _channels_last(tr, batch)
     # Timed as the trainer runs most iterations: without the perturbation diagnostics, which it
-    # computes only on the iterations it logs (every train.log_every); those are timed apart.
+    # computes only on the iterations it logs (every run.log_every); those are timed apart.
     for name, phase in VARIANTS.items():
         step = lambda: tr.run_iteration(batch, phase, diagnostics=False)  # noqa: E731
         out[f"{name}_s"] = round(_median_time(step, repeats, 2, device), 4)

@@ -17,7 +17,9 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ddfp.config import Config, DownloadConfig, FileSource
+from pipeline.params import Config
+
+from pipeline.sections import DownloadConfig, FileSource
 from ddfp.data.masks import voc_palette
 from ddfp.data.spec import IGNORE_INDEX, get_spec
 from pipeline.fetch import DownloadError, download, extract

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ddfp.config import Config, from_mapping
+from pipeline.params import Config, from_mapping
 from ddfp.data.spec import get_spec
 from ddfp.inference import predict
 from ddfp.model import build_model
@@ -42,7 +42,7 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
         raise ValueError(f"{ckpt}: training has not finished (resume it with `ddfp train`)")
     current = cfg.to_dict()
     trained = from_mapping({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
-    device = select_device(cfg.train.device)
+    device = select_device(cfg.run.device)
     models = trained_models(state, trained, device)
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ddfp import config as config_mod
-from ddfp.config import Config
+from pipeline import params
+from pipeline.params import Config
 from pipeline.errors import BusyError, DataError, UsageError
 
 # The params of dvc.yaml's download, splits and weights stages (data.splits apart: a split's lists
@@ -82,9 +82,9 @@ def resolve_inputs(cfg: Config, splits: Sequence[str], *, data: Path | None = No
 
 
 def _made(cfg: Config, splits: Sequence[str], need: dict[str, bool], root: Path) -> Inputs:
-    params = root / "params.yaml"
-    if (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file() and params.is_file() \
-            and is_pipelines(cfg, config_mod.load(params), splits):
+    params_file = root / "params.yaml"
+    if (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file() and params_file.is_file() \
+            and is_pipelines(cfg, params.load(params_file), splits):
         return _pipeline_inputs(cfg, splits, need, root)
     return _own_inputs(cfg, splits, need, own_dir(cfg, root))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline import figures
 from pipeline.errors import DataError
 from pipeline.files import write_text_atomic

@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from ddfp.config import Config, ConfigError
-from ddfp.data.spec import DatasetSpec, get_spec
+from ddfp.config import ConfigError
+
+from pipeline.params import Config
+from ddfp.data.spec import DatasetSpec
 from pipeline.stages.data_check import Pair, check_listed
 from pipeline.errors import DataError
 from pipeline.files import atomic_directory
@@ -219,7 +221,7 @@ def run_splits(cfg: Config, data_root: Path, out_dir: Path) -> dict:
     Every file any split lists is decoded first, once (the splits share most images); a DataError
     names all bad files and nothing is written.
     """
-    data_root, spec, manifest = Path(data_root), get_spec(cfg.data.dataset), {}
+    data_root, spec, manifest = Path(data_root), cfg.spec, {}
     plans = {split: _plan(cfg, data_root, split, spec) for split in cfg.data.splits}
     classes = check_listed(data_root, _listed(plans), spec.num_classes)
     drawn = {split: _draw(plan, split, spec.num_classes, classes.__getitem__) for split, plan in plans.items()}

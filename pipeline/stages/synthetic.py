@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ddfp.config import Config
+from pipeline.params import Config
 from ddfp.data.masks import voc_palette
 from ddfp.data.synthetic import generate
 from pipeline.files import atomic_directory, atomic_write

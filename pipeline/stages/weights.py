@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline.stages.download import check_mirror, resolved_mirror
 from pipeline.fetch import download
 

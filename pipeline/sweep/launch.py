@@ -13,18 +13,13 @@ from typing import Any
 
 import submitit
 
-from ddfp.config import Config, ConfigError, from_mapping
+from ddfp.config import ConfigError
+
+from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, refuse_literal_secret
 from pipeline.sweep.study import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
 from pipeline.sweep.outputs import write_outputs
 from pipeline.sweep.tracking import finish_parent_run, open_parent_run
-
-
-def sweep_split(cfg: Config) -> str:
-    split = cfg.sweep.split or cfg.data.splits[0]
-    if split not in cfg.data.splits:
-        raise ConfigError(f"sweep.split: {split!r} is not one of data.splits {cfg.data.splits}")
-    return split
 
 
 def check_space(cfg: Config) -> None:
@@ -112,7 +107,7 @@ def run_sweep(cfg: Config, paths: SweepPaths) -> dict[str, Any]:
     print(f"study {s.study} in {shown}: {len(study.trials)} trials so far, {left} to start, {s.workers} worker(s)",
           file=sys.stderr, flush=True)
     parent = open_parent_run(cfg, shown)
-    if cfg.train.launcher == "slurm":
+    if cfg.run.launcher == "slurm":
         _slurm_workers(cfg, paths, parent)
     elif s.workers == 1:
         run_worker(cfg, paths, parent)
@@ -131,4 +126,4 @@ def _retried(study) -> int:
     return len({n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])})
 
 
-__all__ = ["run_sweep", "sweep_split", "check_space", "SweepJob"]
+__all__ = ["run_sweep", "check_space", "SweepJob"]

@@ -13,7 +13,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from ddfp.config import Config, set_dotted
+from pipeline.params import Config, set_dotted
 from pipeline.figures import _save, plt  # pyplot on the Agg backend
 
 
@@ -34,7 +34,7 @@ def best_params_yaml(cfg: Config, summary: dict[str, Any]) -> str:
     for key, value in summary["best_params"].items():
         set_dotted(tree, key, value)
     head = (f"# Best of study '{summary['study']}' (profile {cfg.profile}): trial {summary['best_trial']}, "
-            f"val mIoU {summary['best_value']:.2f} on split {cfg.sweep.split or cfg.data.splits[0]} over the "
+            f"val mIoU {summary['best_value']:.2f} on split {cfg.sweep_split} over the "
             "sweep's schedule.\n# Merge into params.yaml (same nested keys), then `dvc repro`.\n")
     return head + yaml.safe_dump(tree, sort_keys=False)
 

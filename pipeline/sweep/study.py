@@ -5,7 +5,7 @@ schedule), trains with `fit` in its own directory and reports every evaluation t
 objective is the final val mIoU of the reported model.
 
 Workers are separate processes pulling trials from one storage (sqlite, PostgreSQL, a journal file):
-`sweep.workers` local processes, or a SLURM job array with train.launcher: slurm. `sweep.n_trials`
+`sweep.workers` local processes, or a SLURM job array with run.launcher: slurm. `sweep.n_trials`
 is the study's total, so a rerun (or a second worker) continues the study instead of adding to it;
 the check-then-ask step holds a file lock in the sweep's run directory so workers never overshoot.
 With RDB storage a heartbeat marks the trial of a killed worker FAIL and queues a retry (same values,
@@ -28,8 +28,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ddfp import config as config_mod
-from ddfp.config import Config, ConfigError, ParamSpace
+from pipeline import params
+from ddfp.config import ConfigError
+from pipeline.params import Config
+from pipeline.sections import ParamSpace
 from pipeline.errors import JobError
 from pipeline.secrets import expand_env, redact
 from pipeline.sweep.tracking import RetryStaleTrial, TrialTracker, open_parent_run
@@ -121,7 +123,7 @@ def suggest(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:
 
 def trial_config(cfg: Config, values: dict[str, Any]) -> Config:
     """The trial's config: the sweep's schedule, then the sampled values (never by rewriting YAML)."""
-    return config_mod.replace(cfg, {**cfg.sweep.overrides, **values})
+    return params.replace(cfg, {**cfg.sweep.overrides, **values})
 
 
 def final_miou(cfg: Config, summary: dict[str, Any]) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline.secrets import redact, redact_values
 from pipeline.tracking.tracker import KIND_TAG, MlflowTracker, RunInfo, experiment_name, tracking_uri
 

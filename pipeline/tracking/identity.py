@@ -13,12 +13,9 @@ from typing import Any
 
 import yaml
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline.secrets import redact_values
 
-# Keys left out of the group hash: runs differing only in these share a parent run.
-GROUP_INDEPENDENT = ("methods", "train.seed", "eval.", "tracking.", "data.num_workers", "train.device",
-                     "train.ckpt_every", "train.log_every", "train.eval_every", "train.max_iters", "sweep.")
 PARENT_TAG, GROUP_TAG, KIND_TAG = "mlflow.parentRunId", "ddfp_group", "ddfp_kind"
 
 
@@ -51,7 +48,8 @@ def experiment_name(cfg: Config) -> str:
 
 
 def group_hash(cfg: Config) -> str:
-    flat = {k: v for k, v in cfg.flat().items() if not k.startswith(GROUP_INDEPENDENT)}
+    # Runs that differ only in their seed (or where they stop) are one group under one parent run.
+    flat = {k: v for k, v in cfg.training_values().items() if k not in ("train.seed", "train.max_iters")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import yaml
 from tqdm import tqdm
 
-from ddfp.config import Config
+from pipeline.params import Config
 from pipeline.files import write_json_atomic
 from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, dvc_hashes, experiment_name,
                                    group_hash, param_strings, project_dir, run_note, run_params, run_spec,

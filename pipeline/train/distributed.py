@@ -35,7 +35,7 @@ class DistEnv:
         return self.rank == 0
 
     def device(self, name: str) -> torch.device:
-        """train.device resolved for this process: CUDA ranks use cuda:LOCAL_RANK."""
+        """run.device resolved for this process: CUDA ranks use cuda:LOCAL_RANK."""
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(name)

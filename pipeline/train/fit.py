@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from ddfp.config import Config
+from pipeline.params import Config
 from ddfp.schedule import flow_lr
 from ddfp.step import Phase
 from pipeline.train import distributed, runlock
@@ -35,7 +35,7 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
     tr.loaders.set_epoch(tr.epoch, tr.iter_in_epoch)
     for bl, bu in zip(tr.loaders.labeled, tr.loaders.unlabeled):
         # Diagnostics cost a flow pass: compute them only where they are logged.
-        logged = (tr.iteration + 1) % cfg.train.log_every == 0 or tr.iteration + 1 >= tr.max_iters
+        logged = (tr.iteration + 1) % cfg.run.log_every == 0 or tr.iteration + 1 >= tr.max_iters
         logs = tr.run_iteration(tr.to_batch(bl, bu), phase, diagnostics=logged)
         tr.iter_in_epoch += 1
         tr.iteration += 1
@@ -47,14 +47,14 @@ def _train_epoch(tr: Trainer, bar: tqdm) -> None:
         if tr.stop is not None and distributed.agree(tr.dist, tr.stop.is_set(), tr.device):
             tr.save()  # at an iteration boundary: a consistent state, the same on every rank
             raise Interrupted(f"stopped at iteration {tr.iteration} on request")
-        if tr.iteration % cfg.train.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
+        if tr.iteration % cfg.run.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
             tr.save()
     if tr.iter_in_epoch < tr.iters_per_epoch:
         tr.save()  # stopped early by train.max_iters
         return
     tr.epoch += 1
     tr.iter_in_epoch = 0
-    if tr.epoch % cfg.train.eval_every == 0 or tr.epoch == cfg.train.epochs:
+    if tr.epoch % cfg.run.eval_every == 0 or tr.epoch == cfg.train.epochs:
         res = tr.evaluate()
         tr.save()  # before the hook: a sweep's pruner may stop the run here
         if tr.on_eval is not None:
@@ -94,7 +94,7 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
 
 def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, parent_run_id: str | None,
          on_eval: Callable[[int, float], None] | None, dist: DistEnv, stop: Any) -> dict[str, Any]:
-    device = dist.device(cfg.train.device)
+    device = dist.device(cfg.run.device)
     tracker = tracker or (open_tracker(cfg, run_dir=paths.out_dir) if dist.is_main else NullTracker())
     tr = Trainer(cfg, paths, tracker, device, dist)
     tr.on_eval, tr.stop = on_eval, stop

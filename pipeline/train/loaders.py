@@ -8,10 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ddfp.config import Config
+from pipeline.params import Config
 from ddfp.data.dataset import SegDataset, read_split_file
 from ddfp.data.sampling import EpochSampler
-from ddfp.data.spec import get_spec
 from pipeline.train.distributed import shard
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
@@ -32,7 +31,7 @@ def _loader(dataset: SegDataset, sampler, batch_size: int, cfg: Config) -> DataL
     # A private generator: otherwise creating the iterator draws from the global RNG, which the
     # checkpoint restores, and worker seeds would shift the training randomness.
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.run.num_workers,
         drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
     )
@@ -41,7 +40,7 @@ def _loader(dataset: SegDataset, sampler, batch_size: int, cfg: Config) -> DataL
 def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> TrainLoaders:
     """One epoch = |unlabelled| draws from each list (labelled resampled to that size), or
     train.iters_per_epoch batches on every process when it is set."""
-    num_classes = get_spec(cfg.data.dataset).num_classes
+    num_classes = cfg.spec.num_classes
     lines_l = read_split_file(split_dir / "labeled.txt")
     lines_u = read_split_file(split_dir / "unlabeled.txt")
     d, t = cfg.data, cfg.train
@@ -65,8 +64,8 @@ def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, 
 def val_loader(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The validation list, or one rank's exact shard of it (every image on exactly one rank: unlike
     DistributedSampler there is no padding, so no image is counted twice)."""
-    num_classes = get_spec(cfg.data.dataset).num_classes
+    num_classes = cfg.spec.num_classes
     lines = read_split_file(split_dir / "val.txt")
     ds = SegDataset(data_root, [lines[i] for i in shard(len(lines), rank, world_size)], "val", cfg.data.crop_size,
                     cfg.data.scale_range, num_classes)
-    return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.run.num_workers)

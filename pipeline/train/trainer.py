@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddfp.config import Config, from_mapping
+from pipeline.params import Config, from_mapping
 from ddfp.data.spec import get_spec
 from ddfp.flow import DensityEstimator
 from ddfp.model import build_model
@@ -31,15 +31,8 @@ from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.validation import evaluate_models
 from pipeline.files import write_json_atomic
 from pipeline.train.loaders import TrainLoaders, train_loaders, val_loader
-from pipeline.secrets import redact_tree, redact_values
+from pipeline.secrets import redact_tree
 from pipeline.tracking.tracker import Tracker
-
-# Keys that do not change the trained weights: a checkpoint stays resumable when only these differ.
-# train.max_iters only says where a run stops: a longer run continues a shorter one.
-RESUME_INDEPENDENT = ("profile", "methods", "eval.", "data.num_workers", "train.device", "train.ckpt_every",
-                      "train.log_every", "train.eval_every", "train.max_iters", "train.launcher", "slurm.",
-                      "download.", "sweep.")
-
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -83,8 +76,9 @@ def seed_everything(seed: int) -> None:
 
 
 def fingerprint(cfg: Config) -> dict[str, Any]:
-    # Redacted like the checkpoint's copy, so that a password (no training value) never blocks a resume.
-    return {k: v for k, v in redact_values(cfg.flat()).items() if not k.startswith(RESUME_INDEPENDENT)}
+    """What must match for a checkpoint to resume: the values that train the weights, except
+    train.max_iters, which only says where a run stops (a longer run continues a shorter one)."""
+    return {k: v for k, v in cfg.training_values().items() if k != "train.max_iters"}
 
 
 @torch.no_grad()

@@ -8,40 +8,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ddfp.config import Config
-from ddfp.data.spec import get_spec
-from ddfp.inference import predict, predict_sliding, predict_whole
+from ddfp.config import MethodConfig
+from ddfp.inference import predict
 from ddfp.metrics import confusion_matrix, iou_per_class, mean_iou
 from pipeline.train.distributed import all_reduce_sum
 
 
 @torch.no_grad()
-def confusion(model: nn.Module, loader: DataLoader, cfg: Config, device: torch.device) -> torch.Tensor:
-    spec = get_spec(cfg.data.dataset)
-    mode = cfg.eval.mode or spec.eval_mode
-    crop = cfg.eval.crop_size or cfg.data.crop_size
+def confusion(model: nn.Module, loader: DataLoader, cfg: MethodConfig, device: torch.device) -> torch.Tensor:
+    protocol, n = cfg.eval_protocol, cfg.spec.num_classes
     was_training = model.training
     model.eval()
-    cm = torch.zeros(spec.num_classes, spec.num_classes, dtype=torch.long, device=device)
+    cm = torch.zeros(n, n, dtype=torch.long, device=device)
     for batch in loader:
         img, mask = batch["img"].to(device), batch["mask"].to(device)
-        pred = predict(model, img, mode, crop, cfg.eval.stride_ratio, spec.num_classes)
-        cm += confusion_matrix(pred, mask, spec.num_classes)
+        cm += confusion_matrix(predict(model, img, protocol), mask, n)
     model.train(was_training)
     # Under torch.distributed each rank saw its own shard of the list (val_loader): the sum is the
     # matrix of the whole list, exactly (integer counts). A no-op in one process.
     return all_reduce_sum(cm).cpu()
-
-
-@torch.no_grad()
-def class_probs(model: nn.Module, img: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """B x C x H x W class probabilities under the evaluation protocol: the scores `confusion`
-    takes the argmax of, for measuring pseudo-labels the way the model is evaluated."""
-    spec = get_spec(cfg.data.dataset)
-    mode, crop = cfg.eval.mode or spec.eval_mode, cfg.eval.crop_size or cfg.data.crop_size
-    if mode == "sliding":
-        return predict_sliding(model, img, crop, max(int(crop * cfg.eval.stride_ratio), 1), spec.num_classes)
-    return predict_whole(model, img, crop).softmax(dim=1)
 
 
 def summarise(cm: torch.Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -52,9 +37,9 @@ def summarise(cm: torch.Tensor, class_names: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, cfg: Config, device: torch.device) -> dict:
+def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, cfg: MethodConfig, device: torch.device) -> dict:
     """{name: {miou, iou, confusion}} for each model (student, teacher)."""
-    names = get_spec(cfg.data.dataset).class_names
+    names = cfg.spec.class_names
     out = {}
     for name, model in models.items():
         cm = confusion(model, loader, cfg, device)
