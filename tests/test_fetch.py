@@ -22,7 +22,8 @@ from PIL import Image
 from pipeline.params import load, replace
 from ddfp.data.masks import voc_palette
 from pipeline.stages.download import run_download
-from pipeline.fetch import ChecksumError, DownloadError, UnsafeArchiveError, download, extract, mirror_url
+from pipeline.archive import UnsafeArchiveError, extract
+from pipeline.fetch import ChecksumError, DownloadError, download, mirror_url
 
 
 
