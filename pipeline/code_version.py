@@ -15,7 +15,7 @@ from pathlib import Path
 import ddfp
 
 # The method, and the pipeline modules that feed it data, step the optimisers and average gradients.
-PIPELINE_MODULES = ("trainer.py", "run_state.py", "loaders.py", "distributed.py")
+PIPELINE_MODULES = ("trainer.py", "run_state.py", "learner.py", "loaders.py", "distributed.py")
 
 
 ROOT = Path(ddfp.__file__).parent.parent  # holds ddfp/ and pipeline/
