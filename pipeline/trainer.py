@@ -51,7 +51,7 @@ class FitSummary:
     evaluations: list[dict[str, Any]]
     checkpoint: str
     run_id: str | None
-    rank: int | None = None  # several ranks: this one, and a digest of its student (every rank's agree)
+    rank: int | None = None  # several ranks: this one, and a digest of its student (the ranks' must agree)
     student_digest: str | None = None
 
     def scalars(self) -> dict[str, Any]:
