@@ -66,7 +66,7 @@ def main() -> None:
     distributed.shutdown()
     if env.is_main:
         print(json.dumps({
-            "iterations": summary["iterations"], "loss_finite": bool(losses) and all(map(math.isfinite, losses)),
+            "iterations": summary.iterations, "loss_finite": bool(losses) and all(map(math.isfinite, losses)),
             "losses": losses, "syncbn": syncbn[0] if syncbn else None, "device": str(device),
             "backend": "nccl" if device.type == "cuda" and env.source != "single" else ("gloo" if env.distributed else None),
             "world_size": env.world_size, "dtype": str(amp_dtype(cfg.train.precision, device) or torch.float32),

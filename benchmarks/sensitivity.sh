@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ddfp=${DDFP:-.venv/bin/ddfp}
-split=$(.venv/bin/python -c "from ddfp import config; print(config.load('params.yaml').data.splits[0])")
+split=$(.venv/bin/python -c "from pipeline import params; print(params.load('params.yaml').data.splits[0])")
 run() {  # name methods overrides...
   local name=$1 methods=$2; shift 2
   local sets=()

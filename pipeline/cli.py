@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             distributed.shutdown()
         if not env.is_main:
             return
-    print(json.dumps({k: v for k, v in summary.items() if k != "evaluations"}, indent=2))
+    print(json.dumps(summary.scalars(), indent=2))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -123,8 +123,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if args.no_wait:
         return
     results = wait(jobs, splits)
-    print(json.dumps({s: {k: v for k, v in r.items() if k != "evaluations"} for s, r in zip(splits, results)},
-                     indent=2))
+    print(json.dumps({s: r.scalars() for s, r in zip(splits, results)}, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E4
 from pipeline.files import atomic_write  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     """Write through a unique temporary file so a reader never sees half a PNG."""
     try:
         with atomic_write(path) as fh:
@@ -41,7 +41,7 @@ def confusion_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str], ti
     ax.set_ylabel("ground truth")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the row")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -67,7 +67,7 @@ def overlay_figure(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def miou_vs_labels(summary: pd.DataFrame, path: Path, title: str,
@@ -94,7 +94,7 @@ def miou_vs_labels(summary: pd.DataFrame, path: Path, title: str,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def class_heatmap(table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -108,7 +108,7 @@ def class_heatmap(table: pd.DataFrame, path: Path, title: str) -> Path:
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=7)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="IoU (%)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def training_curves(curves: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
@@ -127,4 +127,4 @@ def training_curves(curves: dict[str, pd.DataFrame], path: Path, title: str) -> 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)

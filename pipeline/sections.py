@@ -56,7 +56,7 @@ class TrackingConfig(Section):
 
 
 class SlurmConfig(Section):
-    """Where and how `ddfp submit` (and `ddfp train` with train.launcher: slurm) runs on a cluster.
+    """Where and how `ddfp submit` (and `ddfp train` with run.launcher: slurm) runs on a cluster.
 
     One task per GPU; train.batch_size is per task, so the global batch is batch_size x tasks.
     Credentials never go here (the sbatch script is a file): reference environment variables instead.
@@ -130,7 +130,7 @@ class SweepConfig(Section):
     split: str | None = Field(default=None, description="labelled split to tune on; null: the first of data.splits")
     n_trials: int = Field(default=20, ge=1, description="the study's total: a rerun continues up to it")
     workers: int = Field(default=1, ge=1, description="parallel workers: local processes, or SLURM array "
-                         "tasks with train.launcher: slurm")
+                         "tasks with run.launcher: slurm")
     timeout_min: float | None = Field(default=None, gt=0, description="per worker: start no trial after this")
     sampler: Literal["tpe", "random", "qmc", "gp"] = "tpe"
     startup_trials: int = Field(default=10, ge=0, description="random trials before TPE/GP model the space")

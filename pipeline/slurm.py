@@ -29,7 +29,7 @@ from pipeline.errors import JobError
 from pipeline.secrets import redact, redact_tree
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type
-    from pipeline.train.fit import RunPaths
+    from pipeline.train.fit import FitSummary, RunPaths
 
 POLL_S = 5.0  # seconds between sacct polls while waiting
 
@@ -39,9 +39,13 @@ class SlurmJobError(JobError):
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """One training run (all its tasks) on SLURM: every task joins the process group and calls fit."""
+    """One training run (all its tasks) on SLURM: every task joins the process group and calls fit.
 
-    def __call__(self, cfg_tree: dict[str, Any], paths: RunPaths) -> dict[str, Any]:
+    On a time limit or preemption, Checkpointable.checkpoint resubmits the same call; nothing more is
+    needed: fit has already saved the state at an iteration boundary, and the call resumes from paths.ckpt.
+    """
+
+    def __call__(self, cfg_tree: dict[str, Any], paths: RunPaths) -> FitSummary:
         import torch
 
         from pipeline.train import distributed
@@ -69,11 +73,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise SystemExit(-1) from None  # no result file: the job is not over
         finally:
             distributed.shutdown()
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # The state is already saved by fit at an iteration boundary: resubmit the same call, which
-        # resumes from paths.ckpt.
-        return super().checkpoint(*args, **kwargs)
 
 
 def job_config(cfg: Config) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def _logs(job: submitit.Job) -> str:
     return f"log {task.paths.stdout}, errors {task.paths.stderr}"
 
 
-def outcome(job: submitit.Job, label: str) -> dict[str, Any]:
+def outcome(job: submitit.Job, label: str) -> Any:
     """The result of rank 0 of a finished job, or SlurmJobError naming the job, its state and logs."""
     state = job.get_info(mode="force").get("State", "UNKNOWN")
     task = job.task(0)
@@ -141,14 +140,14 @@ def outcome(job: submitit.Job, label: str) -> dict[str, Any]:
                                    f"{_logs(job)}")) from None
 
 
-def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = POLL_S) -> list[dict[str, Any]]:
+def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = POLL_S) -> list[Any]:
     """Block until every job has ended (like `sbatch -W`); all failures are reported together.
 
     A cancelled or killed job leaves no result file; submitit's own result() would wait on it, so
     the state comes from sacct (forced, not cached) and ends the wait.
     """
     pending = dict(enumerate(jobs))
-    results: list[dict[str, Any]] = [{} for _ in jobs]
+    results: list[Any] = [{} for _ in jobs]
     errors: list[str] = []
     while pending:
         jobs[0].get_info(mode="force")  # one sacct call refreshes every job of the watcher
@@ -168,7 +167,7 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
     return results
 
 
-def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], poll_s: float = POLL_S) -> list[dict[str, Any]]:
+def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], poll_s: float = POLL_S) -> list[FitSummary]:
     return wait(submit_training(cfg, runs), list(runs), poll_s)
 
 

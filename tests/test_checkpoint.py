@@ -16,7 +16,7 @@ from pipeline import params
 from pipeline.train import checkpoint
 from pipeline.errors import DataError
 from pipeline.stages.synthetic import write_synthetic
-from pipeline.train.trainer import Trainer
+from pipeline.train.trainer import Progress, Trainer
 from pipeline.stages.splits import run_splits
 from pipeline.tracking.tracker import NullTracker
 from pipeline.train.fit import RunPaths, fit
@@ -41,9 +41,10 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def good_ckpt(tmp_path_factory) -> bytes:
+def good_ckpt(tmp_path_factory, tiny_data) -> bytes:
     """The bytes of a real checkpoint of the smoke configuration (an untrained run's state)."""
-    state = Trainer(tiny_cfg(), None, NullTracker(), torch.device("cpu")).state_dict()
+    run = RunPaths(tiny_data / "dataset", tiny_data / "splits" / "8", tmp_path_factory.mktemp("run"))
+    state = Trainer(tiny_cfg(), run, NullTracker(), torch.device("cpu")).state_dict(Progress())
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     torch.save(state, path)
     return path.read_bytes()
@@ -144,7 +145,7 @@ def test_a_corrupt_last_checkpoint_resumes_from_the_previous_one(tiny_data, tmp_
         assert f"resumed {prev} at iteration 2" in out
     else:
         assert "no previous checkpoint loads, training from scratch" in out and "resumed" not in out
-    assert summary["iterations"] == 6 and checkpoint.load(last)["iteration"] == 6
+    assert summary.iterations == 6 and checkpoint.load(last)["iteration"] == 6
     assert torch.load(prev, weights_only=True)["iteration"] == 4  # the save before the last: a good one
 
 

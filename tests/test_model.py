@@ -4,8 +4,7 @@ import torch
 
 from pipeline import params
 from ddfp.model import build_model
-from pipeline.train.trainer import Trainer
-from pipeline.tracking.tracker import NullTracker
+from pipeline.train.learner import Learner
 
 
 def test_head_channels_set_the_aspp_classifier_and_flow_widths(smoke_cfg):
@@ -15,7 +14,7 @@ def test_head_channels_set_the_aspp_classifier_and_flow_widths(smoke_cfg):
     assert v.shape[1] == 48 + 64  # [low projection ; ASPP head]
     logits, feats = model.classify(v)
     assert feats.shape[1] == 64 and logits.shape[1] == 5
-    trainer = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    trainer = Learner(cfg, torch.device("cpu"), iters_per_epoch=1)
     assert trainer.models.flow.dim == 64  # the flow models the classifier's features
 
 

@@ -144,7 +144,7 @@ def test_two_evaluated_runs_with_different_eps_each_show_their_own(tiny_data, tm
     for eps in (4.0, 16.0):
         cfg = untracked_cfg(**{"tracking.enabled": True, "train.max_iters": 4, "perturb.eps": eps})
         out = tmp_path / f"run_eps{eps:g}"
-        run_ids[eps] = fit(cfg, paths(tiny_data, out), progress=False)["run_id"]
+        run_ids[eps] = fit(cfg, paths(tiny_data, out), progress=False).run_id
         run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
                      tmp_path / f"metrics_eps{eps:g}" / "8" / "ddfp.json")
     real, fixture = tmp_path / "metrics_eps4", tmp_path / "fixture"

@@ -85,9 +85,9 @@ def test_ddp_two_tasks_follow_the_one_process_trajectory(cluster, data, tmp_path
     wait([job], ["8"], poll_s=1)
     ranks = job.results()
     print(f"2-task DDP job: {time.time() - t0:.1f} s")
-    assert [r["rank"] for r in ranks] == [0, 1] and all(r["iterations"] == 8 for r in ranks)
+    assert [r.rank for r in ranks] == [0, 1] and all(r.iterations == 8 for r in ranks)
     # Exact: averaged gradients keep the ranks' parameters bit-identical.
-    assert ranks[0]["student_digest"] == ranks[1]["student_digest"]
+    assert ranks[0].student_digest == ranks[1].student_digest
     fit(smoke(tmp_path, **iters), run_paths(data, tmp_path / "one"), progress=False)
     # Control: one process with batch 2, i.e. the same weights and schedule but other images per step.
     fit(smoke(tmp_path, **iters, **{"train.batch_size": 2}), run_paths(data, tmp_path / "half"), progress=False)
@@ -138,7 +138,7 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(cluster, data, tmp_
     assert starts >= 2 and "timed-out" in log
     resumed = [int(n) for n in re.findall(r"resumed \S+ at iteration (\d+)", log)]
     assert resumed and all(n > 0 for n in resumed)
-    assert result["iterations"] == 240
+    assert result.iterations == 240
 
 
 def test_job_array_over_two_splits(cluster, data, tmp_path):
@@ -149,7 +149,7 @@ def test_job_array_over_two_splits(cluster, data, tmp_path):
     assert len({j.job_id.split("_")[0] for j in jobs}) == 1 and all("_" in j.job_id for j in jobs)  # one array
     results = wait(jobs, list(runs), poll_s=1)
     print(f"array of 2: {time.time() - t0:.1f} s")
-    assert [r["iterations"] for r in results] == [3, 3]
+    assert [r.iterations for r in results] == [3, 3]
     assert all((tmp_path / s / "last.pt").is_file() for s in runs)
 
 

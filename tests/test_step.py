@@ -7,8 +7,7 @@ from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels
 from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
-from pipeline.tracking.tracker import NullTracker
-from pipeline.train.trainer import Trainer
+from pipeline.train.learner import Learner
 from tests.conftest import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)
@@ -65,20 +64,20 @@ def test_no_confident_pixel_gives_no_nan(smoke_cfg):
 
 def test_non_finite_loss_skips_the_update(smoke_cfg):
     cfg = params.replace(smoke_cfg, {"train.max_iters": 10})
-    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    tr = Learner(cfg, torch.device("cpu"), cfg.train.max_iters)
     batch = make_batch(cfg)
     batch.img_x[0, 0, 0, 0] = float("nan")  # poisons the segmentation loss (and the teacher's BN)
     before = {k: v.clone() for k, v in tr.models.student.state_dict().items()}
     flow_before = {k: v.clone() for k, v in tr.models.flow.state_dict().items()}
-    tr.run_iteration(batch, DDFP)
-    assert tr.skipped["seg"] == 1
+    step = tr.run_iteration(batch, DDFP, 0)
+    assert step.seg_skipped
     for k, v in tr.models.student.named_parameters():
         assert torch.equal(v, before[k]), k
     for k, v in tr.models.flow.state_dict().items():
-        assert torch.isfinite(v).all() and (tr.skipped["flow"] == 0 or torch.equal(v, flow_before[k]))
+        assert torch.isfinite(v).all() and (not step.flow_skipped or torch.equal(v, flow_before[k]))
 
 
-def _states(tr: Trainer) -> dict[str, dict[str, torch.Tensor]]:
+def _states(tr: Learner) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: v.clone() for k, v in getattr(tr.models, name).state_dict().items()}
             for name in ("student", "teacher")}
 
@@ -89,19 +88,19 @@ def test_a_skipped_batch_leaves_no_trace_and_the_teacher_still_predicts(smoke_cf
     # (and a train-mode teacher writes its own): a skip must put every buffer back, or the next clean
     # step's EMA copies NaN statistics into the reported teacher.
     cfg = params.replace(smoke_cfg, {"train.max_iters": 10, "teacher.pseudo_label_mode": pseudo_label_mode})
-    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
-    tr.run_iteration(make_batch(cfg, seed=1), DDFP)  # a clean step first: the teacher is an EMA now
+    tr = Learner(cfg, torch.device("cpu"), cfg.train.max_iters)
+    clean = tr.run_iteration(make_batch(cfg, seed=1), DDFP, 0)  # a clean step first: the teacher is an EMA now
     before = _states(tr)
     poisoned = make_batch(cfg, seed=2)
     poisoned.img_x[0, 0, 0, 0] = float("nan")
     poisoned.img_u_w[0, 0, 0, 0] = float("nan")
-    tr.run_iteration(poisoned, DDFP)
-    assert tr.skipped["seg"] == 1
+    step = tr.run_iteration(poisoned, DDFP, 0)
+    assert (clean.seg_skipped, step.seg_skipped) == (False, True)
     after = _states(tr)
     for name in before:
         for k, v in before[name].items():
             assert torch.equal(after[name][k], v), f"{name}.{k} changed by a skipped update"
-    tr.run_iteration(make_batch(cfg, seed=3), DDFP)  # the next clean step updates the teacher
+    tr.run_iteration(make_batch(cfg, seed=3), DDFP, 0)  # the next clean step updates the teacher
     for k, v in tr.models.teacher.state_dict().items():
         assert not v.is_floating_point() or torch.isfinite(v).all(), k
     tr.models.teacher.eval()

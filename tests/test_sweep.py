@@ -23,7 +23,7 @@ from ddfp import config
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
 from pipeline.stages.weights import run_weights
-from pipeline.sweep.study import SweepPaths, budget, open_storage, trial_config
+from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
 from pipeline.sweep.launch import run_sweep
 from test_slurm import cluster  # noqa: F401 - the one-node SLURM cluster fixture
 
@@ -292,3 +292,14 @@ def test_a_slurm_sweep_pickles_the_storage_reference_never_the_password(monkeypa
     literal = params.replace(cfg, {"sweep.storage": "postgresql+psycopg2://optuna:pw@127.0.0.1/optuna"})
     with pytest.raises(config.ConfigError, match="sweep.storage"):
         job_tree(literal)
+
+
+def test_a_retry_knows_the_trial_it_retries():
+    # A heartbeat-stale trial's retry trains in the first trial's run directory (it resumes there).
+    study = optuna.create_study()
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params={"x": 0.5}, distributions={"x": dist},
+                                        system_attrs={"failed_trial": 3, "retry_history": [3]}))
+    seen = []
+    study.optimize(lambda t: seen.append(retried_trial(t)) or 0.0, n_trials=2)
+    assert seen == [3, None]

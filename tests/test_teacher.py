@@ -4,8 +4,7 @@ from torch import nn
 from pipeline import params
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
-from pipeline.train.trainer import Trainer
-from pipeline.tracking.tracker import NullTracker
+from pipeline.train.learner import Learner
 from tests.conftest import make_batch
 
 
@@ -73,11 +72,10 @@ def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
     # The supervised epochs train the student; the teacher built from the initial network must not
     # pseudo-label the first semi-supervised batch.
     cfg = params.replace(smoke_cfg, {"train.max_iters": 2})
-    tr = Trainer(cfg, None, NullTracker(), torch.device("cpu"))
+    tr = Learner(cfg, torch.device("cpu"), cfg.train.max_iters)
     t0 = cfg.train.sup_only_epochs * tr.iters_per_epoch
     for it in range(t0):
-        tr.run_iteration(make_batch(cfg, seed=it), Phase.at_epoch(0, cfg), diagnostics=False)
-        tr.iteration += 1
+        tr.run_iteration(make_batch(cfg, seed=it), Phase.at_epoch(0, cfg), it, diagnostics=False)
     seen = {}
 
     def compare(module, args):
@@ -85,5 +83,5 @@ def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
         seen["differs"] = [k for k, v in module.state_dict().items() if not torch.equal(v, student[k])]
 
     tr.models.teacher.register_forward_pre_hook(compare)
-    tr.run_iteration(make_batch(cfg, seed=t0), Phase.at_epoch(cfg.train.sup_only_epochs, cfg), diagnostics=False)
+    tr.run_iteration(make_batch(cfg, seed=t0), Phase.at_epoch(cfg.train.sup_only_epochs, cfg), t0, diagnostics=False)
     assert seen["differs"] == []

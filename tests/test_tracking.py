@@ -20,7 +20,7 @@ from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
 from pipeline.stages.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
-from pipeline.tracking.tracker import dvc_hashes, group_hash
+from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker, dvc_hashes, group_hash
 from pipeline.tracking.spool import Spool
 from pipeline.train.fit import fit
 
@@ -66,6 +66,22 @@ def test_dvc_hashes_come_from_dvc_lock(tmp_path):
     assert hashes == {"dvc_md5.splits": "abc.dir", "dvc_md5.data": "untracked"}
 
 
+def test_both_trackers_implement_the_protocol_and_end_any_run_of_their_store(tmp_path):
+    members = [name for name, value in vars(Tracker).items() if callable(value) and not name.startswith("_")]
+    assert {"start", "attach", "finish"} <= set(members)
+    assert all(callable(getattr(cls, name)) for cls in (NullTracker, MlflowTracker) for name in members)
+    # A sweep ends runs it did not start (a dead worker's trial, its parent) through the public API.
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment_id("sweeps")
+    assert tracker.experiment_id("sweeps") == exp
+    run_id = tracker.client.create_run(exp).info.run_id
+    tracker.attach(run_id)
+    tracker.set_tags({"trial_state": "FAIL"})
+    tracker.terminate(run_id, "KILLED", 1234)
+    run = tracker.client.get_run(run_id)
+    assert (run.info.status, run.info.end_time, run.data.tags["trial_state"]) == ("KILLED", 1234, "FAIL")
+
+
 def test_seeds_share_a_parent_group_and_eps_does_not():
     cfg = params.load(profile="smoke")
     assert group_hash(cfg) == group_hash(params.replace(cfg, {"train.seed": 7}))
@@ -81,7 +97,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8",
                  tmp_path / "metrics" / "8.json")
     client = MlflowClient(mlflow_server.url)
-    run = client.get_run(summary["run_id"])
+    run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "synthetic-8-ddfp-seed0"
     p = run.data.params
     assert (p["split"], p["perturb.eps"], p["train.method"], p["world_size"], p["global_batch"]) == \
@@ -95,7 +111,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     artifacts = {a.path for d in ("", "figures", "overlays") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"params.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
     found = client_frame(mlflow_server.url)
-    assert summary["run_id"] in set(found["run_id"])
+    assert summary.run_id in set(found["run_id"])
 
 
 def client_frame(uri: str) -> pd.DataFrame:
@@ -133,7 +149,7 @@ def test_a_killed_and_resumed_training_keeps_one_run(mlflow_server, tiny_data, t
 def test_training_finishes_with_one_warning_when_the_server_is_down(tiny_data, tmp_path, capsys):
     cfg = tiny_cfg(**{"train.max_iters": 4, "tracking.uri": f"http://127.0.0.1:{free_port()}"})
     summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
-    assert summary["iterations"] == 4 and summary["run_id"] is None
+    assert summary.iterations == 4 and summary.run_id is None
     err = capsys.readouterr()
     assert (err.out + err.err).count("MLflow tracking at http://127.0.0.1") == 1
     assert (tmp_path / "run" / "train_log.json").is_file()
@@ -163,7 +179,7 @@ def test_a_server_blink_mid_run_loses_no_metrics(mlflow_server, tracking_to, tin
             mlflow_server.start()
     out = capsys.readouterr()
     client = MlflowClient(mlflow_server.url)
-    run = client.get_run(summary["run_id"])
+    run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [2, 4, 6, 8, 10]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou_student")] == [5, 10]
@@ -191,7 +207,7 @@ def test_the_spool_survives_a_kill_in_the_middle_of_a_line(tmp_path):
 def test_a_training_that_never_reached_the_server_is_sent_by_evaluate(mlflow_server, tiny_data, tmp_path):
     cfg = tiny_cfg(**{"train.max_iters": 4, "train.seed": 32, "tracking.uri": f"http://127.0.0.1:{free_port()}"})
     run_dir = tmp_path / "run"
-    assert fit(cfg, paths(tiny_data, run_dir), progress=False)["run_id"] is None
+    assert fit(cfg, paths(tiny_data, run_dir), progress=False).run_id is None
     assert (run_dir / "tracking_pending.jsonl").is_file()
     # The server answers now (in a real outage: the same URL, back up).
     back = params.replace(cfg, {"tracking.uri": mlflow_server.url})
@@ -249,7 +265,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
         out = tmp_path / split
         from pipeline.train.fit import RunPaths
 
-        run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False)["run_id"])
+        run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False).run_id)
         mious.append(run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", split_dir, out / "m.json")["val_miou"])
     exp_id = MlflowClient(mlflow_server.url).get_run(run_ids[0]).info.experiment_id
     require_service(missing_browser())

@@ -9,7 +9,10 @@ from pipeline import params
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
 from ddfp.schedule import flow_lr, poly_lr
-from pipeline.train.fit import RunPaths, fit
+from ddfp.step import Phase
+from pipeline.evidence.bench import random_batch
+from pipeline.train.learner import Learner
+from pipeline.train.fit import FitSummary, RunPaths, fit
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     straight = fit(tiny_cfg(**{"train.max_iters": 25}), paths(tiny_data, tmp_path / "a"), progress=False)
     fit(tiny_cfg(**{"train.max_iters": 13}), paths(tiny_data, tmp_path / "b"), progress=False)
     resumed = fit(tiny_cfg(**{"train.max_iters": 25}), paths(tiny_data, tmp_path / "b"), progress=False)
-    assert straight["iterations"] == resumed["iterations"] == 25
+    assert straight.iterations == resumed.iterations == 25
     assert_same(states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt"))
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert {"flow_bpd", "nll_query", "nll_after", "delta_norm", "confident_ratio"} <= set(log[-1])
@@ -79,8 +82,20 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
 def test_checkpoint_of_another_config_is_not_resumed(tiny_data, tmp_path, capsys):
     fit(tiny_cfg(**{"train.max_iters": 2}), paths(tiny_data, tmp_path), progress=False)
     out = fit(tiny_cfg(**{"train.max_iters": 2, "perturb.eps": 1.0}), paths(tiny_data, tmp_path), progress=False)
-    assert out["iterations"] == 2
+    assert isinstance(out, FitSummary) and out.iterations == 2
+    assert "evaluations" not in out.scalars() and out.scalars()["iterations"] == 2
     assert "another configuration" in capsys.readouterr().out
+
+
+def test_the_learner_takes_its_place_in_the_schedule_from_the_loop():
+    # The loop owns the iteration count; the learner sets the LR of the iteration it is handed.
+    cfg = tiny_cfg(**{"train.max_iters": 10})
+    learner = Learner(cfg, torch.device("cpu"), iters_per_epoch=10)
+    batch = random_batch(cfg, learner.spec.num_classes, torch.device("cpu"), torch.Generator().manual_seed(0))
+    step = learner.run_iteration(batch, Phase.at_epoch(0, cfg), 7, diagnostics=False)
+    group = learner.opt_seg.param_groups[0]
+    assert group["lr"] == poly_lr(group["base_lr"], 7, learner.total_iters, cfg.train.poly_power)
+    assert not step.seg_skipped and torch.isfinite(step.logs["loss"])
 
 
 @pytest.mark.slow

@@ -21,8 +21,8 @@ from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.step import Batch, Phase, flow_step
-from pipeline.tracking.tracker import NullTracker
-from pipeline.train.trainer import Trainer, select_device
+from pipeline.train.learner import Learner
+from pipeline.train.trainer import select_device
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
@@ -60,7 +60,7 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch
     return statistics.median(times)
 
 
-def _breakdown(tr: Trainer, batch: Batch, repeats: int) -> dict[str, float]:
+def _breakdown(tr: Learner, batch: Batch, repeats: int) -> dict[str, float]:
     """Time the three pieces DDFP adds to a mean-teacher step, each forward + backward."""
     m, cfg, dev, b = tr.models, tr.cfg, tr.device, batch.img_x.shape[0]
     with torch.no_grad():
@@ -88,7 +88,7 @@ def _breakdown(tr: Trainer, batch: Batch, repeats: int) -> dict[str, float]:
     }
 
 
-def _channels_last(tr: Trainer, batch: Batch) -> Batch:
+def _channels_last(tr: Learner, batch: Batch) -> Batch:
     """NHWC convolutions (tensor cores' native layout) for the segmentation nets and the images."""
     for model in (tr.models.student, tr.models.teacher):
         model.to(memory_format=torch.channels_last)
@@ -107,7 +107,8 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         out["gpu"] = torch.cuda.get_device_name(device)
-    tr = Trainer(cfg, None, NullTracker(), device)
+    # An epoch of train.max_iters (10^6): the timed iterations run at the schedule's start.
+    tr = Learner(cfg, device, iters_per_epoch=cfg.train.max_iters)
     gen = torch.Generator().manual_seed(0)
     batch = random_batch(cfg, tr.spec.num_classes, device, gen)
     if channels_last:
@@ -115,13 +116,13 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
     # Timed as the trainer runs most iterations: without the perturbation diagnostics, which it
     # computes only on the iterations it logs (every run.log_every); those are timed apart.
     for name, phase in VARIANTS.items():
-        step = lambda: tr.run_iteration(batch, phase, diagnostics=False)  # noqa: E731
+        step = lambda: tr.run_iteration(batch, phase, 0, diagnostics=False)  # noqa: E731
         out[f"{name}_s"] = round(_median_time(step, repeats, 2, device), 4)
-    logged = lambda: tr.run_iteration(batch, VARIANTS["ddfp"], diagnostics=True)  # noqa: E731
+    logged = lambda: tr.run_iteration(batch, VARIANTS["ddfp"], 0, diagnostics=True)  # noqa: E731
     out["ddfp_logged_iteration_s"] = round(_median_time(logged, repeats, 1, device), 4)
     out["ddfp_over_mean_teacher"] = round(out["ddfp_s"] / out["mean_teacher_s"], 3)
     out["perturbation_overhead"] = round(out["ddfp_s"] / out["ddfp_flow_only_s"], 3)
-    with tr._autocast():
+    with tr.autocast():
         out["breakdown"] = {k: round(v, 4) for k, v in _breakdown(tr, batch, repeats).items()}
     if device.type == "cuda":
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

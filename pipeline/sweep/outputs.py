@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from pipeline.params import Config, set_dotted
-from pipeline.figures import _save, plt  # pyplot on the Agg backend
+from pipeline.figures import plt, save  # pyplot on the Agg backend
 
 
 def summarise(study: optuna.Study) -> dict[str, Any]:
@@ -60,14 +60,14 @@ def _landscape(study: optuna.Study, keys: list[str], path: Path) -> Path:
     ax.set_title(f"{study.study_name}: {len(done)} complete of {len(trials)} trials")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _optuna_figure(plot, study: optuna.Study, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot(study)
-    return _save(ax.figure, path)
+    return save(ax.figure, path)
 
 
 def write_outputs(cfg: Config, study: optuna.Study, out: Path) -> tuple[dict[str, Any], list[Path]]:

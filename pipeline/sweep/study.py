@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -36,6 +36,9 @@ from pipeline.errors import JobError
 from pipeline.secrets import expand_env, redact
 from pipeline.sweep.tracking import RetryStaleTrial, TrialTracker, open_parent_run
 from pipeline.tracking.tracker import NullTracker, project_dir, tracking_uri
+
+if TYPE_CHECKING:  # torch loads only where a trial trains
+    from pipeline.train.fit import FitSummary
 
 STORAGE_ENV = "OPTUNA_STORAGE"
 
@@ -106,10 +109,10 @@ def _pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_study(cfg: Config, worker: int = 0) -> optuna.Study:
-    """Create the study or continue it (load_if_exists)."""
+def load_study(cfg: Config, worker: int = 0, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study or continue it (load_if_exists), in `storage` (default: open_storage(cfg))."""
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    return optuna.create_study(study_name=cfg.sweep.study, storage=open_storage(cfg), direction="maximize",
+    return optuna.create_study(study_name=cfg.sweep.study, storage=storage or open_storage(cfg), direction="maximize",
                                sampler=_sampler(cfg, worker), pruner=_pruner(cfg), load_if_exists=True)
 
 
@@ -126,11 +129,20 @@ def trial_config(cfg: Config, values: dict[str, Any]) -> Config:
     return params.replace(cfg, {**cfg.sweep.overrides, **values})
 
 
-def final_miou(cfg: Config, summary: dict[str, Any]) -> float:
-    if not summary["evaluations"]:
+def final_miou(cfg: Config, summary: FitSummary) -> float:
+    if not summary.evaluations:
         raise ValueError("the sweep's schedule ends before any evaluation (check sweep.overrides)")
-    row = summary["evaluations"][-1]
+    row = summary.evaluations[-1]
     return float(row.get(f"val_miou_{cfg.eval.model}", row["val_miou_student"]))
+
+
+def retried_trial(trial: optuna.Trial) -> int | None:
+    """The number of the trial this one retries (a heartbeat-stale trial's retry), else None."""
+    # Optuna keeps it in the trial's system attributes, which a live Trial no longer exposes; its
+    # public reader takes the FrozenTrial, found by number among the study's running trials.
+    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    frozen = next(t for t in running if t.number == trial.number)
+    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
 def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id: str | None) -> float:
@@ -138,18 +150,19 @@ def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id
     from pipeline.train.fit import RunPaths, fit
 
     values = {key: suggest(trial, key, space) for key, space in cfg.sweep.params.items()}
-    retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    retry_of = retried_trial(trial)
     run_dir = paths.runs / f"trial_{trial.number if retry_of is None else retry_of}"  # a retry resumes
     for key, value in {"run_dir": str(run_dir), "worker_pid": os.getpid(), "host": socket.gethostname()}.items():
         trial.set_user_attr(key, value)
     tcfg = trial_config(cfg, values)
     uri = _tracking(tcfg)
-    tracker = TrialTracker(uri, trial, cfg.sweep.study, retry_of) if uri else NullTracker()
+    tracker = TrialTracker(uri, trial, cfg.sweep.study, retry_of) if uri else None
 
     def on_eval(epoch: int, miou: float) -> None:
         trial.report(miou, epoch)
         if trial.should_prune():
-            tracker.pruned = True
+            if tracker is not None:
+                tracker.pruned = True
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (val mIoU {miou:.2f})")
 
     t0 = time.time()
@@ -157,15 +170,15 @@ def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id
     print(f"trial {trial.number}: {shown} -> {run_dir}", file=sys.stderr, flush=True)
     state, value = "FAIL", None
     try:
-        summary = fit(tcfg, RunPaths(paths.data_root, paths.split_dir, run_dir, paths.weights), tracker,
-                      progress=False, parent_run_id=parent_run_id, on_eval=on_eval)
+        summary = fit(tcfg, RunPaths(paths.data_root, paths.split_dir, run_dir, paths.weights),
+                      tracker or NullTracker(), progress=False, parent_run_id=parent_run_id, on_eval=on_eval)
         value, state = final_miou(tcfg, summary), "COMPLETE"
         return value
     except optuna.TrialPruned:
         state = "PRUNED"
         raise
     finally:
-        if isinstance(tracker, TrialTracker):
+        if tracker is not None:
             tracker.close_trial(state, value)
         print(f"trial {trial.number}: {state}" + (f" val mIoU {value:.2f}" if value is not None else "")
               + f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -202,9 +215,10 @@ def budget(study: optuna.Study, n_trials: int) -> tuple[int, bool, bool]:
 
 def run_worker(cfg: Config, paths: SweepPaths, parent_run_id: str | None, worker: int = 0) -> int:
     """Run trials until the study has sweep.n_trials (or the timeout passes); returns how many ran here."""
-    study = load_study(cfg, worker)
+    storage = open_storage(cfg)
+    study = load_study(cfg, worker, storage)
     lock = AskLock(paths.runs / ".ask.lock")
-    heartbeat = cfg.sweep.heartbeat_interval_s if isinstance(study._storage, optuna.storages.RDBStorage) else None
+    heartbeat = cfg.sweep.heartbeat_interval_s if isinstance(storage, optuna.storages.RDBStorage) else None
     deadline = time.monotonic() + (cfg.sweep.timeout_min or float("inf")) * 60
     objective = lambda t: (lock.release(), run_trial(t, cfg, paths, parent_run_id))[1]  # noqa: E731
     ran = 0

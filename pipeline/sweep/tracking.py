@@ -50,7 +50,7 @@ class TrialTracker(MlflowTracker):
     def finish(self, status: str = "FINISHED") -> None:
         # Only this run: the study's parent stays open until the sweep ends.
         if self.run_id is not None:
-            self._guard("end run", self.client.set_terminated, self.run_id, "KILLED" if self.pruned else status)
+            self.terminate(self.run_id, "KILLED" if self.pruned else status)
 
     def close_trial(self, state: str, value: float | None) -> None:
         if self.run_id is None:
@@ -58,7 +58,7 @@ class TrialTracker(MlflowTracker):
         if value is not None:
             self.log_metrics({"val_miou": value}, self.trial.number)
         self.set_tags({STATE_TAG: state})
-        self._guard("end run", self.client.set_terminated, self.run_id, RUN_STATUS[state])
+        self.terminate(self.run_id, RUN_STATUS[state])
 
 
 class RetryStaleTrial:
@@ -75,9 +75,9 @@ class RetryStaleTrial:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.uri and run_id:
             tracker = MlflowTracker(self.uri)
-            tracker.run_id = run_id
+            tracker.attach(run_id)
             tracker.set_tags({STATE_TAG: "FAIL", "failure": "worker died (heartbeat stale)"})
-            tracker._guard("end run", tracker.client.set_terminated, run_id, "KILLED")
+            tracker.terminate(run_id, "KILLED")
 
 
 def open_parent_run(cfg: Config, storage: str) -> str | None:
@@ -90,7 +90,7 @@ def open_parent_run(cfg: Config, storage: str) -> str | None:
     def find_or_create() -> str:
         from mlflow.entities import Param
 
-        exp = tracker._experiment_id(experiment_name(cfg))
+        exp = tracker.experiment_id(experiment_name(cfg))
         study = cfg.sweep.study
         found = tracker.client.search_runs([exp], f"tags.{KIND_TAG} = 'sweep' and tags.{STUDY_TAG} = '{study}'",
                                            max_results=1)
@@ -108,7 +108,7 @@ def open_parent_run(cfg: Config, storage: str) -> str | None:
         tracker.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    return tracker._guard("open the sweep's parent run", find_or_create)
+    return tracker.guard("open the sweep's parent run", find_or_create)
 
 
 def finish_parent_run(cfg: Config, run_id: str | None, summary: dict[str, Any], files: list) -> None:
@@ -116,7 +116,7 @@ def finish_parent_run(cfg: Config, run_id: str | None, summary: dict[str, Any], 
     if run_id is None:
         return
     tracker = MlflowTracker(tracking_uri(cfg))
-    tracker.run_id = run_id
+    tracker.attach(run_id)
     step = summary["n_trials"]
     tracker.log_metrics({f"n_{k.lower()}": v for k, v in summary["states"].items()}, step)
     if summary.get("best_value") is not None:
@@ -126,7 +126,7 @@ def finish_parent_run(cfg: Config, run_id: str | None, summary: dict[str, Any], 
                              for k, v in summary["best_params"].items()}})
     for path in files:
         tracker.log_artifact(path, "sweep")
-    tracker._guard("end run", tracker.client.set_terminated, run_id, "FINISHED", int(time.time() * 1000))
+    tracker.terminate(run_id, "FINISHED", int(time.time() * 1000))
     if not tracker.active:
         tqdm.write(redact(f"warning: the sweep's parent run {run_id} may be incomplete"))
 

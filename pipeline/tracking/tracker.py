@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from tqdm import tqdm
 
 from pipeline.params import Config
@@ -36,56 +34,33 @@ RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its 
 
 
 class Tracker(Protocol):
+    """What the trainer and the evaluate stage ask of a tracker (NullTracker, MlflowTracker)."""
+
     run_id: str | None
 
     def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
               parent_id: str | None = None) -> None: ...
-
     def attach(self, run_id: str | None) -> None: ...
-
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
-
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-
     def set_tags(self, tags: dict[str, str]) -> None: ...
-
     def flush(self) -> None: ...
-
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
 class NullTracker:
-    """Tracks nothing (other ranks, tracking disabled, benchmarks)."""
+    """Tracks nothing (other ranks, tracking disabled); every method does nothing."""
 
     run_id: str | None = None
 
-    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None, parent_id: str | None = None) -> None:
-        return None
-
-    def attach(self, run_id: str | None) -> None:
-        return None
-
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        return None
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        return None
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        return None
-
-    def flush(self) -> None:
-        return None
-
-    def finish(self, status: str = "FINISHED") -> None:
-        return None
-
-
-def _prepare_http_client() -> None:
-    # MLflow's defaults retry an unreachable server for minutes; training must not wait that long.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
+              parent_id: str | None = None) -> None: return None
+    def attach(self, run_id: str | None) -> None: return None
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: return None
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: return None
+    def set_tags(self, tags: dict[str, str]) -> None: return None
+    def flush(self) -> None: return None
+    def finish(self, status: str = "FINISHED") -> None: return None
 
 
 class MlflowTracker:
@@ -99,7 +74,10 @@ class MlflowTracker:
     def __init__(self, uri: str, run_dir: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        _prepare_http_client()
+        # MLflow's defaults retry an unreachable server for minutes; training must not wait that long.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri, self.run_dir = uri, run_dir
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
@@ -156,8 +134,9 @@ class MlflowTracker:
             tqdm.write(f"MLflow at {redact(self.uri)} answers again: sent the {len(entries)} kept tracking calls")
         return True
 
-    def _guard(self, what: str, fn, *args, **kwargs) -> Any:
-        """fn's result; None (and the call dropped) while the store does not answer."""
+    def guard(self, what: str, fn, *args, **kwargs) -> Any:
+        """fn(*args) against this store (a call of self.client) under the outage rule: its result, or
+        None (and the call dropped, with the outage's one warning) while the store does not answer."""
         return self._attempt(what, fn, *args, **kwargs)[1] if self._online() else None
 
     def _call(self, what: str, entry: dict[str, Any]) -> None:
@@ -196,7 +175,8 @@ class MlflowTracker:
             if parent_id and entry["status"] == "FINISHED":  # the parent is as finished as its latest child
                 self.client.set_terminated(parent_id, "FINISHED")
 
-    def _experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str) -> str:
+        """The id of the experiment `name`, created if it does not exist yet."""
         exp = self.client.get_experiment_by_name(name)
         if exp:
             return exp.experiment_id
@@ -218,7 +198,7 @@ class MlflowTracker:
 
     def _create(self, spec: dict[str, Any]) -> None:
         """Create the run (under its parent) from a run_spec; the run directory records its id."""
-        experiment_id = self._experiment_id(spec["experiment"])
+        experiment_id = self.experiment_id(spec["experiment"])
         parent_id = spec["parent"] or self._find_parent(experiment_id, spec)
         run = self.client.create_run(experiment_id, run_name=spec["name"], tags={**spec["tags"], PARENT_TAG: parent_id})
         self.run_id = run.info.run_id
@@ -290,6 +270,10 @@ class MlflowTracker:
             self._call("end run", {"op": "end", "run": self.run_id, "status": status})
             self._say_pending()
 
+    def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        """End any run of this store (not only this tracker's) as `status`; dropped during an outage."""
+        self.guard("end run", self.client.set_terminated, run_id, status, end_time)
+
     def _say_pending(self) -> None:
         if self._down:
             tqdm.write(f"tracking: {len(self.spool)} calls wait in {self.spool} for MLflow at {redact(self.uri)}; "
@@ -308,15 +292,7 @@ def open_tracker(cfg: Config, rank: int = 0, run_dir: Path | None = None) -> Mlf
     return MlflowTracker(tracking_uri(cfg), run_dir)
 
 
-def write_config_artifact(cfg: Config, tracker: Tracker) -> None:
-    """The resolved config as `config.yaml` in the run's artifacts (secrets redacted)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-        tracker.log_artifact(path)
-
-
 # RunInfo and the identity helpers are re-exported: callers import tracking as one module.
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "RunInfo", "open_tracker", "tracking_uri", "project_dir",
-           "experiment_name", "group_hash", "dvc_hashes", "run_params", "write_config_artifact", "KIND_TAG",
+           "experiment_name", "group_hash", "dvc_hashes", "run_params", "KIND_TAG",
            "RECONNECT_S", "RUN_RECORD"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import ddfp
 
 # The method, and the pipeline modules that feed it data, step the optimisers and average gradients.
-PIPELINE_MODULES = ("train/fit.py", "train/trainer.py", "train/loaders.py", "train/distributed.py")
+PIPELINE_MODULES = ("train/fit.py", "train/trainer.py", "train/learner.py", "train/loaders.py", "train/distributed.py")
 
 
 ROOT = Path(ddfp.__file__).parent.parent  # holds ddfp/ and pipeline/

@@ -1,14 +1,19 @@
 """fit(): the explicit training loop around ddfp.step.train_step.
 
-It drives a Trainer (pipeline.train.trainer: models, optimisers, checkpoints) through its epochs, with
-tracking, the evaluation and checkpoint cadence, a sweep's pruning hook and SLURM's stop request.
+It owns where the run stands (a Progress: epoch, iteration, skipped updates) and drives a Trainer
+(pipeline.train.trainer: data, learner, checkpoints) through its epochs, with tracking, the evaluation
+and checkpoint cadence, a sweep's pruning hook and SLURM's stop request.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from pipeline.params import Config
@@ -16,9 +21,10 @@ from ddfp.schedule import flow_lr
 from ddfp.step import Phase
 from pipeline.train import distributed, runlock
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.tracking.tracker import (NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir,
-                               write_config_artifact)
-from pipeline.train.trainer import RunPaths, Trainer, amp_dtype, select_device
+from pipeline.train.learner import amp_dtype
+from pipeline.secrets import redact
+from pipeline.tracking.tracker import NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir
+from pipeline.train.trainer import Progress, RunPaths, Trainer, select_device
 
 
 class Interrupted(KeyboardInterrupt):
@@ -26,41 +32,75 @@ class Interrupted(KeyboardInterrupt):
     preemption), after saving: like Ctrl-C, an outside stop, not a failure."""
 
 
-def _train_epoch(tr: Trainer, bar: tqdm) -> None:
+class StopFlag(Protocol):
+    """Set from outside (a signal handler's threading.Event): stop at the next iteration boundary."""
+
+    def is_set(self) -> bool: ...
+
+
+OnEval = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """Where a run ended, its evaluations (the rows of val_log.json) and its checkpoint."""
+
+    iterations: int
+    epochs: int
+    skipped: dict[str, int]
+    evaluations: list[dict[str, Any]]
+    checkpoint: str
+    run_id: str | None
+    rank: int | None = None  # several ranks: this one, and a digest of its student (the ranks' must agree)
+    student_digest: str | None = None
+
+    def scalars(self) -> dict[str, Any]:
+        """What `ddfp train` prints: all but the evaluations (in val_log.json); rank and digest when set."""
+        keys = ["iterations", "epochs", "skipped", "checkpoint", "run_id"]
+        return {k: getattr(self, k) for k in keys + (["rank", "student_digest"] if self.rank is not None else [])}
+
+
+def _train_epoch(tr: Trainer, p: Progress, bar: tqdm, on_eval: OnEval | None, stop: StopFlag | None) -> None:
     """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
     cfg = tr.cfg
-    phase = Phase.at_epoch(tr.epoch, cfg)
-    for group in tr.opt_flow.param_groups:
-        group["lr"] = flow_lr(cfg, tr.epoch)
-    tr.loaders.set_epoch(tr.epoch, tr.iter_in_epoch)
+    phase = Phase.at_epoch(p.epoch, cfg)
+    for group in tr.learner.opt_flow.param_groups:
+        group["lr"] = flow_lr(cfg, p.epoch)
+    tr.loaders.set_epoch(p.epoch, p.iter_in_epoch)
     for bl, bu in zip(tr.loaders.labeled, tr.loaders.unlabeled):
         # Diagnostics cost a flow pass: compute them only where they are logged.
-        logged = (tr.iteration + 1) % cfg.run.log_every == 0 or tr.iteration + 1 >= tr.max_iters
-        logs = tr.run_iteration(tr.to_batch(bl, bu), phase, diagnostics=logged)
-        tr.iter_in_epoch += 1
-        tr.iteration += 1
+        logged = (p.iteration + 1) % cfg.run.log_every == 0 or p.iteration + 1 >= tr.max_iters
+        step = tr.learner.run_iteration(tr.to_batch(bl, bu), phase, p.iteration, diagnostics=logged)
+        p.advance(step)
         bar.update(1)
         if logged:
-            tr.log(logs, bar)
-        if tr.finished:
+            tr.log(step.logs, p, bar)
+        if tr.finished(p):
             break
-        if tr.stop is not None and distributed.agree(tr.dist, tr.stop.is_set(), tr.device):
-            tr.save()  # at an iteration boundary: a consistent state, the same on every rank
-            raise Interrupted(f"stopped at iteration {tr.iteration} on request")
-        if tr.iteration % cfg.run.ckpt_every == 0 and tr.iter_in_epoch < tr.iters_per_epoch:
-            tr.save()
-    if tr.iter_in_epoch < tr.iters_per_epoch:
-        tr.save()  # stopped early by train.max_iters
+        if stop is not None and distributed.agree(tr.dist, stop.is_set(), tr.device):
+            tr.save(p)  # at an iteration boundary: a consistent state, the same on every rank
+            raise Interrupted(f"stopped at iteration {p.iteration} on request")
+        if p.iteration % cfg.run.ckpt_every == 0 and p.iter_in_epoch < tr.iters_per_epoch:
+            tr.save(p)
+    if p.iter_in_epoch < tr.iters_per_epoch:
+        tr.save(p)  # stopped early by train.max_iters
         return
-    tr.epoch += 1
-    tr.iter_in_epoch = 0
-    if tr.epoch % cfg.run.eval_every == 0 or tr.epoch == cfg.train.epochs:
-        res = tr.evaluate()
-        tr.save()  # before the hook: a sweep's pruner may stop the run here
-        if tr.on_eval is not None:
-            tr.on_eval(tr.epoch, res[cfg.eval.model if cfg.eval.model in res else "student"]["miou"])
+    p.next_epoch()
+    if p.epoch % cfg.run.eval_every == 0 or p.epoch == cfg.train.epochs:
+        res = tr.evaluate(phase, p)
+        tr.save(p)  # before the hook: a sweep's pruner may stop the run here
+        if on_eval is not None:
+            on_eval(p.epoch, res[cfg.eval.model if cfg.eval.model in res else "student"]["miou"])
         return
-    tr.save()
+    tr.save(p)
+
+
+def write_config_artifact(cfg: Config, tracker: Tracker) -> None:
+    """The resolved config as `config.yaml` in the run's artifacts (secrets redacted)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        tracker.log_artifact(path)
 
 
 def _start_tracking(tr: Trainer, parent_run_id: str | None) -> None:
@@ -69,7 +109,7 @@ def _start_tracking(tr: Trainer, parent_run_id: str | None) -> None:
         return
     p = tr.paths
     info = RunInfo(split=p.split_dir.name, world_size=tr.dist.world_size, device=str(tr.device),
-                   precision=str(tr.dtype or torch.float32).removeprefix("torch."),
+                   precision=str(tr.learner.dtype or torch.float32).removeprefix("torch."),
                    data_hashes=dvc_hashes(project_dir(), {"data": p.data_root, "splits": p.split_dir,
                                                        "weights": p.weights}))
     tr.tracker.start(tr.cfg, info, resume_id=tr.resumed_run_id, parent_id=parent_run_id)
@@ -78,8 +118,8 @@ def _start_tracking(tr: Trainer, parent_run_id: str | None) -> None:
 
 
 def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: bool = True, *,
-        parent_run_id: str | None = None, on_eval: Callable[[int, float], None] | None = None,
-        dist: DistEnv = SINGLE, stop: Any = None) -> dict[str, Any]:
+        parent_run_id: str | None = None, on_eval: OnEval | None = None,
+        dist: DistEnv = SINGLE, stop: StopFlag | None = None) -> FitSummary:
     """Train (or resume, or find finished) the run in paths.out_dir; returns a summary.
 
     tracker: None opens the configured one (MLflow by default). on_eval(epoch, mIoU of the reported
@@ -93,28 +133,29 @@ def fit(cfg: Config, paths: RunPaths, tracker: Tracker | None = None, progress: 
 
 
 def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, parent_run_id: str | None,
-         on_eval: Callable[[int, float], None] | None, dist: DistEnv, stop: Any) -> dict[str, Any]:
+         on_eval: OnEval | None, dist: DistEnv, stop: StopFlag | None) -> FitSummary:
     device = dist.device(cfg.run.device)
     tracker = tracker or (open_tracker(cfg, run_dir=paths.out_dir) if dist.is_main else NullTracker())
     tr = Trainer(cfg, paths, tracker, device, dist)
-    tr.on_eval, tr.stop = on_eval, stop
     progress = progress and dist.is_main
-    tr.try_resume()
+    p = tr.try_resume()
     _start_tracking(tr, parent_run_id)
     try:
-        with tqdm(total=tr.max_iters, initial=tr.iteration, desc=f"train {cfg.train.method}",
+        with tqdm(total=tr.max_iters, initial=p.iteration, desc=f"train {cfg.train.method}",
                   disable=not progress, dynamic_ncols=True) as bar:
-            while not tr.finished and tr.epoch < cfg.train.epochs:
-                _train_epoch(tr, bar)
+            while not tr.finished(p) and p.epoch < cfg.train.epochs:
+                _train_epoch(tr, p, bar, on_eval, stop)
         if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends
-            tr.save()
+            tr.save(p)
     except BaseException as err:
         tr.tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
     tr.tracker.finish("FINISHED")
-    return {"iterations": tr.iteration, "epochs": tr.epoch, "skipped": tr.skipped, "evaluations": tr.evals,
-            "checkpoint": str(paths.ckpt), "run_id": tr.tracker.run_id or tr.resumed_run_id,
-            **({"rank": dist.rank, "student_digest": distributed.digest(tr.models.student)} if dist.distributed else {})}
+    summary = FitSummary(p.iteration, p.epoch, p.skipped, tr.evals, str(paths.ckpt),
+                         tr.tracker.run_id or tr.resumed_run_id)
+    if dist.distributed:
+        summary = replace(summary, rank=dist.rank, student_digest=distributed.digest(tr.learner.models.student))
+    return summary
 
 
-__all__ = ["Interrupted", "RunPaths", "Trainer", "amp_dtype", "fit", "select_device"]
+__all__ = ["FitSummary", "Interrupted", "RunPaths", "Trainer", "amp_dtype", "fit", "select_device"]
