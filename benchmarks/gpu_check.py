@@ -22,7 +22,9 @@ from pipeline import params
 from pipeline.train import distributed
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
-from pipeline.train.fit import RunPaths, amp_dtype, fit
+from pipeline.train.fit import fit
+from pipeline.train.learner import amp_dtype
+from pipeline.train.trainer import RunPaths
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ SPLIT = Path("data/splits/16")
 def main(ckpts: list[str]) -> None:
     for ckpt in ckpts:
         state = checkpoint.load(Path(ckpt))
-        cfg = params.from_mapping(state["config"])
+        cfg = params.stored_config(state["config"])
         for t in THRESHOLDS:  # the ablation's own pseudo-label scoring, once per threshold
             q = pseudo_label_diagnostics(params.replace(cfg, {"train.conf_thresh": t}), Path(ckpt),
                                          Path("data/dataset"), SPLIT)

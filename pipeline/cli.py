@@ -8,7 +8,6 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib.metadata
 import json
 import os
@@ -17,20 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import params
-from ddfp.config import ConfigError
 from pipeline.params import Config
-from pipeline.errors import EXIT_CODES, EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE, DataError, DdfpError
+from pipeline.errors import EXIT_CODES, EXIT_INTERRUPTED, DataError, failure
 from pipeline.stages.inputs import INPUTS_RULE
 from pipeline.secrets import redact
 
-INTERRUPTED = "interrupted; state saved, rerun to resume"
-# Errors of the standard library and the method library (which cannot raise pipeline's classes) that
-# are expected failures with a message naming what is wrong, checked in this order.
-HANDLED: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
-    (ConfigError, EXIT_USAGE),
-    ((FileNotFoundError, FileExistsError), EXIT_DATA),
-    (ValueError, EXIT_USAGE),  # bad arguments named in the message (--methods, --settings, ...)
-)
+# The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
+LAYOUT = {"data": Path("data/dataset"), "splits": Path("data/splits"), "weights": Path("data/weights"),
+          "runs": Path("runs"), "metrics": Path("metrics"), "reports": Path("reports")}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -76,54 +69,22 @@ def cmd_weights(args: argparse.Namespace) -> None:
     print(run_weights(load_config(args), args.out))
 
 
-def _weights(cfg: Config, path: Path | None) -> Path | None:
-    weights = path if path and path.is_file() else None
-    if cfg.model.pretrained and weights is None:
-        raise ConfigError(f"model.pretrained is true but --weights {path} is not a file (run `ddfp weights`)")
-    return weights
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    """In this process (or as one rank of torchrun), or, with run.launcher: slurm, as a SLURM job
-    this command waits for (so DVC caches what the job wrote)."""
-    from pipeline.train import distributed
-    from pipeline.train.fit import RunPaths, fit
+    from pipeline.stages.train import run_train
 
-    cfg = load_config(args)
-    paths = RunPaths(args.data, args.split_dir, args.out, _weights(cfg, args.weights))
-    if cfg.run.launcher == "slurm":
-        from pipeline.slurm import train_on_slurm
-
-        summary = train_on_slurm(cfg, {args.split_dir.name: paths})[0]
-    else:
-        env = distributed.init(cfg.run.device)
-        try:
-            summary = fit(cfg, paths, dist=env)
-        finally:
-            distributed.shutdown()
-        if not env.is_main:
-            return
-    print(json.dumps(summary.scalars(), indent=2))
+    summary = run_train(load_config(args), args.data, args.split_dir, args.out, args.weights)
+    if summary is not None:
+        print(json.dumps(summary.scalars(), indent=2))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    """Train several splits as one SLURM job array and wait for all of them."""
-    from pipeline.slurm import submit_training, wait
-    from pipeline.train.fit import RunPaths
+    from pipeline.stages.train import run_submit
 
     cfg = load_config(args)
     splits = args.splits.split(",") if args.splits else cfg.data.splits
-    weights = _weights(cfg, args.weights_dir / f"{cfg.model.backbone}.pth")
-    # The train stage's layout: a submitted run is the one `dvc repro train@<split>-<method>` finds.
-    runs = {s: RunPaths(args.data, args.splits_dir / s, args.runs / s / cfg.train.method, weights) for s in splits}
-    for split, paths in runs.items():
-        if not (paths.split_dir / "labeled.txt").is_file():
-            raise FileNotFoundError(f"{paths.split_dir}/labeled.txt: split {split} not prepared (run `ddfp splits`)")
-    jobs = submit_training(cfg, runs)
-    if args.no_wait:
-        return
-    results = wait(jobs, splits)
-    print(json.dumps({s: r.scalars() for s, r in zip(splits, results)}, indent=2))
+    results = run_submit(cfg, args.data, args.splits_dir, args.runs, args.weights_dir, splits, not args.no_wait)
+    if results is not None:
+        print(json.dumps({s: r.scalars() for s, r in results.items()}, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -251,15 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>: its val.txt is evaluated")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON")
     p = add("report", cmd_report, "tabulate the metrics of every split")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
-    p.add_argument("--out", type=Path, default=Path("reports/results.md"), help="the Markdown table to write")
+    p.add_argument("--metrics", type=Path, default=LAYOUT["metrics"], help="directory of <split>/<method>.json")
+    p.add_argument("--out", type=Path, default=LAYOUT["reports"] / "results.md", help="the Markdown table to write")
     p = add("mlflow-picture", cmd_mlflow_picture, "screenshot of the MLflow UI comparing the evaluated runs")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="holds the evaluate stage's *.run.json")
+    p.add_argument("--metrics", type=Path, default=LAYOUT["metrics"], help="holds the evaluate stage's *.run.json")
     p.add_argument("--tracking-uri", help="store or server URL (default: tracking.uri, else as training)")
-    p.add_argument("--out", type=Path, default=Path("reports/mlflow_compare.png"), help="the PNG to write")
+    p.add_argument("--out", type=Path, default=LAYOUT["reports"] / "mlflow_compare.png", help="the PNG to write")
     p = add("summary", cmd_summary, "print val mIoU per split and method, and where the report and MLflow runs are")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"), help="directory of <split>/<method>.json")
-    p.add_argument("--reports", type=Path, default=Path("reports"), help="where `ddfp report` wrote results.md")
+    p.add_argument("--metrics", type=Path, default=LAYOUT["metrics"], help="directory of <split>/<method>.json")
+    p.add_argument("--reports", type=Path, default=LAYOUT["reports"], help="where `ddfp report` wrote results.md")
     p = sub.add_parser("readme", help="copy the reports into the README's include blocks",
                        description="rewrite each <!-- include reports/<file>.md --> block of the README")
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default: README.md)")
@@ -267,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_readme)
     p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
     p.add_argument("--splits", help="comma list (default: data.splits)")
-    p.add_argument("--data", type=Path, default=Path("data/dataset"), help="dataset root")
-    p.add_argument("--splits-dir", type=Path, default=Path("data/splits"), help="holds <split>/labeled.txt ...")
-    p.add_argument("--weights-dir", type=Path, default=Path("data/weights"), help="holds <backbone>.pth")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="run directories <runs>/<split>/<train.method>")
+    p.add_argument("--data", type=Path, default=LAYOUT["data"], help="dataset root")
+    p.add_argument("--splits-dir", type=Path, default=LAYOUT["splits"], help="holds <split>/labeled.txt ...")
+    p.add_argument("--weights-dir", type=Path, default=LAYOUT["weights"], help="holds <backbone>.pth")
+    p.add_argument("--runs", type=Path, default=LAYOUT["runs"], help="run directories <runs>/<split>/<train.method>")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p = add("sweep", cmd_sweep, "Optuna sweep of eps and the threshold (the `sweep` params section)")
     p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
@@ -280,14 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
     p.add_argument("--split-dir", type=Path, help="the split's own folder, only read (default: <splits-dir>/<sweep.split>)")
     p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
-    p.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="trial directories <runs>/<study>/trial_<n>")
-    p.add_argument("--reports", type=Path, default=Path("reports/sweep"), help="outputs in <reports>/<study>/")
+    p.add_argument("--runs", type=Path, default=LAYOUT["runs"] / "sweep", help="trial directories <runs>/<study>/trial_<n>")
+    p.add_argument("--reports", type=Path, default=LAYOUT["reports"] / "sweep", help="outputs in <reports>/<study>/")
     p = add("ablation", cmd_ablation, "the controlled ablation: every arm at the smallest split, the label curve")
     p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
     p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
     p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
-    p.add_argument("--work", type=Path, default=Path("runs/ablation"), help="one run directory per arm/split/seed")
-    p.add_argument("--out", type=Path, default=Path("reports"),
+    p.add_argument("--work", type=Path, default=LAYOUT["runs"] / "ablation", help="one run directory per arm/split/seed")
+    p.add_argument("--out", type=Path, default=LAYOUT["reports"],
                    help="ablation.json, .md, .png and the per-run records ablation_runs/<arm>/<split>/seed<k>.json")
     p.add_argument("--seeds", default="0,1,2,3,4", help="train.seed values of every arm at the smallest split")
     p.add_argument("--curve-seeds", default="0,1,2", help="train.seed values of the main methods at the other splits")
@@ -305,33 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="file to rewrite (default: params.yaml)")
     p.set_defaults(fn=cmd_profile)
     return parser
-
-
-def _message(err: BaseException) -> str:
-    text = str(err)
-    # An error in a DataLoader worker arrives as its whole traceback; its last line is the message.
-    return text.rstrip().splitlines()[-1].partition(": ")[2] if "\nOriginal Traceback" in text else text
-
-
-def _unreadable_sample(err: BaseException) -> bool:
-    dataset = sys.modules.get("ddfp.data.dataset")  # imported only where data was read: keeps torch out
-    return dataset is not None and isinstance(err, dataset.SampleReadError)
-
-
-def failure(err: BaseException) -> tuple[str, int] | None:
-    """The one-line message and exit code of an expected failure; None for a bug (keep the traceback)."""
-    if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or the trainer's Interrupted once it has saved
-        return INTERRUPTED, EXIT_INTERRUPTED
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device: {err.filename or err}", EXIT_DATA
-    if isinstance(err, DdfpError):
-        return _message(err), err.exit_code
-    if _unreadable_sample(err):
-        return _message(err), EXIT_DATA
-    for kinds, code in HANDLED:
-        if isinstance(err, kinds):
-            return _message(err), code
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ddfp.data.masks import voc_palette  # noqa: E402
-from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from ddfp.data.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from pipeline.files import atomic_write  # noqa: E402
 
 

@@ -120,10 +120,33 @@ def _lists_where_expected(tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+# Keys that moved into the run section: a params file still using them is told where they went, and
+# a checkpoint that stored them (they never changed its weights) still loads (stored_config).
+MOVED_TO_RUN = {"train": ("device", "launcher", "log_every", "ckpt_every", "eval_every"), "data": ("num_workers",)}
+
+
+def _moved(tree: Mapping[str, Any]) -> list[str]:
+    return [f"{section}.{key}" for section, keys in MOVED_TO_RUN.items()
+            if isinstance(tree.get(section), Mapping) for key in keys if key in tree[section]]
+
+
+def stored_config(tree: Mapping[str, Any]) -> Config:
+    """A checkpoint's stored configuration, validated, with the keys of MOVED_TO_RUN moved."""
+    tree = copy.deepcopy(dict(tree))
+    for dotted in _moved(tree):
+        section, key = dotted.split(".")
+        tree.setdefault("run", {})[key] = tree[section].pop(key)
+    return from_mapping(tree)
+
+
 def from_mapping(tree: Mapping[str, Any]) -> Config:
     """Validate a nested mapping into a Config, or raise ConfigError naming every bad key."""
     if not isinstance(tree, Mapping):
         raise ConfigError(f"configuration must be a mapping, got {type(tree).__name__}")
+    moved = _moved(tree)
+    if moved:
+        raise ConfigError("; ".join(f"{k}: moved to run.{k.split('.')[1]}" for k in moved)
+                          + " (the run section: settings that cannot change the weights)")
     tree = _lists_where_expected(_tuples_from_lists(dict(tree)))
     try:
         return Config.model_validate(tree)

@@ -29,7 +29,8 @@ from pipeline.errors import JobError
 from pipeline.secrets import redact, redact_tree
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type
-    from pipeline.train.fit import FitSummary, RunPaths
+    from pipeline.train.fit import FitSummary
+    from pipeline.train.trainer import RunPaths
 
 POLL_S = 5.0  # seconds between sacct polls while waiting
 
@@ -107,7 +108,7 @@ def make_executor(cfg: Config, name: str) -> submitit.AutoExecutor:
 
 def submit_training(cfg: Config, runs: dict[str, RunPaths]) -> list[submitit.Job]:
     """Submit one training job per label (several: one job array); paths are made absolute."""
-    from pipeline.train.fit import RunPaths
+    from pipeline.train.trainer import RunPaths
 
     executor = make_executor(cfg, f"ddfp-{cfg.profile}")
     labels = list(runs)

@@ -19,7 +19,8 @@ from pipeline.stages.synthetic import write_synthetic
 from pipeline.train.trainer import Progress, Trainer
 from pipeline.stages.splits import run_splits
 from pipeline.tracking.tracker import NullTracker
-from pipeline.train.fit import RunPaths, fit
+from pipeline.train.fit import fit
+from pipeline.train.trainer import RunPaths
 
 DDFP = [sys.executable, "-m", "pipeline.cli"]
 SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32",

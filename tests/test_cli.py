@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import build_parser, failure
+from pipeline.cli import build_parser
+from pipeline.errors import failure
 from pipeline.errors import EXIT_CODES, DataError, JobError
 from pipeline.fetch import ChecksumError, DownloadError
 from pipeline.slurm import SlurmJobError

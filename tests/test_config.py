@@ -104,3 +104,24 @@ def test_method_controls_are_flags():
     with pytest.raises(ConfigError, match=r"perturb\.direction"):
         params.replace(cfg, {"perturb.direction": "up"})
     assert params.replace(cfg, {"perturb.eps": 0.0}).perturb.eps == 0.0
+
+
+def _before_the_run_section(cfg) -> dict:
+    """cfg as a checkpoint written before the run section stored it: run keys under train and data."""
+    tree = cfg.to_dict()
+    run = tree.pop("run")
+    tree["data"]["num_workers"] = run.pop("num_workers")
+    tree["train"].update(run)
+    return tree
+
+
+def test_a_params_file_with_a_moved_key_is_told_where_it_went():
+    old = _before_the_run_section(params.load(profile="smoke"))
+    with pytest.raises(ConfigError, match=r"train\.log_every: moved to run\.log_every"):
+        params.from_mapping(old)
+
+
+def test_a_checkpoint_from_before_the_run_section_still_loads():
+    cfg = params.replace(params.load(profile="smoke"), {"run.log_every": 3, "run.num_workers": 1})
+    assert params.stored_config(_before_the_run_section(cfg)) == cfg
+    assert params.stored_config(cfg.to_dict()) == cfg

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddfp.data.dataset import SampleReadError, SegDataset, read_split_file
+from ddfp.data.dataset import SampleReadError, SegDataset
+from pipeline.train.loaders import read_split_file
 from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 NUM_CLASSES = 5

@@ -191,12 +191,13 @@ def test_a_method_edit_retrains_from_scratch(project):
         assert "train@8-supervised" not in changed_stages(dest, env)
 
 
-# The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* functions).
+# The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* delegate to them).
 STAGE_MODULES = {"download": ["pipeline.stages.download", "pipeline.stages.synthetic"], "splits": ["pipeline.stages.splits"],
-                 "weights": ["pipeline.stages.weights"], "train": ["pipeline.train.fit", "pipeline.slurm"],
+                 "weights": ["pipeline.stages.weights"], "train": ["pipeline.stages.train", "pipeline.train.fit",
+                                                                   "pipeline.slurm"],
                  "evaluate": ["pipeline.stages.evaluate"], "report": ["pipeline.stages.report"]}
-# In ddfp/ but not imported by train/evaluate: the dataset generator, whose output reaches them
-# through data/dataset anyway (listing ddfp/ whole keeps their lists short).
+# In ddfp/ but not imported by train: the dataset generator, whose output reaches it through
+# data/dataset anyway (listing ddfp/ whole keeps its list short).
 FOLDER_EXTRAS = {"ddfp/data/synthetic.py"}
 IMPORTED = """
 import importlib, sys

@@ -8,7 +8,8 @@ from test_trainer import tiny_data  # noqa: F401 - a fixture
 
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import missing_browser, take_picture
-from pipeline.train.fit import RunPaths, fit
+from pipeline.train.fit import fit
+from pipeline.train.trainer import RunPaths
 
 
 @pytest.mark.slow

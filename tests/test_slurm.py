@@ -20,7 +20,8 @@ from ddfp import config
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.slurm import SlurmJobError, outcome, submit_training, wait
 from pipeline.stages.splits import run_splits
-from pipeline.train.fit import RunPaths, fit
+from pipeline.train.fit import fit
+from pipeline.train.trainer import RunPaths
 from test_dvc_pipeline import project, ran_stages, run  # noqa: F401 (project is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

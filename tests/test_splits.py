@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import params
-from ddfp.data.dataset import read_split_file
+from pipeline.train.loaders import read_split_file
 from ddfp.data.masks import classes_present, read_mask
 from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
 from pipeline.errors import DataError

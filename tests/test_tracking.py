@@ -263,7 +263,7 @@ def test_the_mlflow_ui_compares_the_splits_side_by_side(mlflow_server, tracking_
     for split in ("8", "16"):
         split_dir = tiny_data / "splits" / split
         out = tmp_path / split
-        from pipeline.train.fit import RunPaths
+        from pipeline.train.trainer import RunPaths
 
         run_ids.append(fit(cfg, RunPaths(tiny_data / "dataset", split_dir, out), progress=False).run_id)
         mious.append(run_evaluate(cfg, out / "last.pt", tiny_data / "dataset", split_dir, out / "m.json")["val_miou"])

@@ -12,7 +12,8 @@ from ddfp.schedule import flow_lr, poly_lr
 from ddfp.step import Phase
 from pipeline.evidence.bench import random_batch
 from pipeline.train.learner import Learner
-from pipeline.train.fit import FitSummary, RunPaths, fit
+from pipeline.train.fit import FitSummary, fit
+from pipeline.train.trainer import RunPaths
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_the_learner_takes_its_place_in_the_schedule_from_the_loop():
     # The loop owns the iteration count; the learner sets the LR of the iteration it is handed.
     cfg = tiny_cfg(**{"train.max_iters": 10})
     learner = Learner(cfg, torch.device("cpu"), iters_per_epoch=10)
-    batch = random_batch(cfg, learner.spec.num_classes, torch.device("cpu"), torch.Generator().manual_seed(0))
+    batch = random_batch(cfg, cfg.spec.num_classes, torch.device("cpu"), torch.Generator().manual_seed(0))
     step = learner.run_iteration(batch, Phase.at_epoch(0, cfg), 7, diagnostics=False)
     group = learner.opt_seg.param_groups[0]
     assert group["lr"] == poly_lr(group["base_lr"], 7, learner.total_iters, cfg.train.poly_power)

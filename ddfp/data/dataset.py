@@ -38,19 +38,6 @@ def _unreadable(path: Path, err: Exception) -> SampleReadError:
     return SampleReadError(message)
 
 
-def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
-    """Lines 'image [mask]' -> [(image, mask or None)]; blank lines skipped, anything else refused."""
-    lines: list[tuple[str, str | None]] = []
-    for number, raw in enumerate(Path(path).read_text().splitlines(), start=1):
-        fields = raw.split()
-        if not fields:
-            continue
-        if len(fields) > 2:
-            raise ValueError(f"{path}:{number}: expected 'image [mask]', got {raw!r}")
-        lines.append((fields[0], fields[1] if len(fields) == 2 else None))
-    return lines
-
-
 def sample_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed from (seed, index): neighbouring items get unrelated augmentations
     even when the caller passes one seed for a whole epoch."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 from torchvision import models
 
@@ -102,7 +101,6 @@ def build_backbone(name: BackboneName, output_stride: int) -> nn.Module:
     raise ValueError(f"model.backbone: unknown backbone {name!r}")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a torchvision ImageNet checkpoint file (as published) into the dilated backbone."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_backbone_weights(backbone: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a torchvision ImageNet state dict (as published, read by the caller) into the dilated backbone."""
     backbone.load_imagenet(state)  # type: ignore[operator]

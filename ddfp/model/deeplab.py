@@ -115,8 +115,9 @@ def upsample(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
-def build_model(cfg: ModelConfig, num_classes: int, backbone_weights: str | None = None) -> DeepLabV3Plus:
+def build_model(cfg: ModelConfig, num_classes: int, backbone_state: dict[str, Tensor] | None = None) -> DeepLabV3Plus:
+    """backbone_state: torchvision's ImageNet state dict of cfg.backbone, loaded when cfg.pretrained."""
     model = DeepLabV3Plus(cfg, num_classes)
-    if cfg.pretrained and backbone_weights:
-        load_backbone_weights(model.backbone, backbone_weights)
+    if cfg.pretrained and backbone_state is not None:
+        load_backbone_weights(model.backbone, backbone_state)
     return model

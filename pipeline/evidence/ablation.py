@@ -26,19 +26,21 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.params import Config, from_mapping, replace
-from ddfp.data.dataset import SegDataset, read_split_file
+from pipeline.params import Config, replace, stored_config
+from ddfp.data.dataset import SegDataset
 from ddfp.inference import class_scores
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
 from pipeline.train import checkpoint
+from pipeline.train.loaders import read_split_file
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.train.code_version import code_digest
 from pipeline.errors import DataError, UsageError
 from pipeline.stages.evaluate import run_evaluate, trained_models
 from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.stages.report import labels_of
-from pipeline.train.trainer import select_device
-from pipeline.train.fit import RunPaths, fit
+from pipeline.train.distributed import SINGLE
+from pipeline.train.fit import fit
+from pipeline.train.trainer import RunPaths
 
 # arm -> (train.method, overrides): the one place an arm is defined.
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -145,9 +147,9 @@ def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir
     if any(mask is None for _, mask in lines):
         return {}  # no ground truth to score against
     state = checkpoint.load(ckpt)
-    trained = from_mapping({**state["config"], "eval": cfg.to_dict()["eval"]})
+    trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
     spec = trained.spec
-    device = select_device(cfg.run.device)
+    device = SINGLE.device(cfg.run.device)
     models = trained_models(state, trained, device)
     name = "teacher" if "teacher" in models else "student"
     model = models[name].eval()

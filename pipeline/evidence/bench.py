@@ -22,7 +22,7 @@ from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.step import Batch, Phase, flow_step
 from pipeline.train.learner import Learner
-from pipeline.train.trainer import select_device
+from pipeline.train.distributed import SINGLE
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
@@ -98,7 +98,7 @@ def _channels_last(tr: Learner, batch: Batch) -> Batch:
 
 def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dict[str, Any]:
     cfg = replace(cfg, {"train.conf_thresh": 0.0, "train.max_iters": 10**6, "model.pretrained": False})
-    device = select_device(cfg.run.device)
+    device = SINGLE.device(cfg.run.device)
     out: dict[str, Any] = {"backbone": cfg.model.backbone, "crop": cfg.data.crop_size,
                            "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
                            "flow_samples": cfg.flow.num_samples, "device": str(device),
@@ -110,7 +110,7 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
     # An epoch of train.max_iters (10^6): the timed iterations run at the schedule's start.
     tr = Learner(cfg, device, iters_per_epoch=cfg.train.max_iters)
     gen = torch.Generator().manual_seed(0)
-    batch = random_batch(cfg, tr.spec.num_classes, device, gen)
+    batch = random_batch(cfg, cfg.spec.num_classes, device, gen)
     if channels_last:
         batch = _channels_last(tr, batch)
     # Timed as the trainer runs most iterations: without the perturbation diagnostics, which it

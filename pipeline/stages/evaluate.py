@@ -12,17 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.params import Config, from_mapping
-from ddfp.data.spec import get_spec
+from pipeline.params import Config, stored_config
 from ddfp.inference import predict
 from ddfp.model import build_model
 from pipeline.train import checkpoint
 from pipeline import figures
+from pipeline.train.distributed import SINGLE
 from pipeline.train.validation import evaluate_models
 from pipeline.files import write_json_atomic
 from pipeline.train.loaders import val_loader
 from pipeline.tracking.tracker import Tracker, open_tracker
-from pipeline.train.trainer import select_device
 
 
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:
@@ -41,12 +40,12 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     if not state.get("done"):
         raise ValueError(f"{ckpt}: training has not finished (resume it with `ddfp train`)")
     current = cfg.to_dict()
-    trained = from_mapping({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
-    device = select_device(cfg.run.device)
+    trained = stored_config({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
+    device = SINGLE.device(cfg.run.device)
     models = trained_models(state, trained, device)
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)
-    reported = trained.eval.model if trained.eval.model in results else "student"
+    reported = trained.reported_model
     tracker = open_tracker(trained, run_dir=ckpt.parent)
     tracker.attach(state.get("run_id"))
     tracker.flush()
@@ -69,7 +68,7 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
 
 def trained_models(state: dict[str, Any], trained: Config, device: torch.device) -> dict[str, nn.Module]:
     """Student and teacher of a checkpoint; no teacher for the supervised baseline (it never trains)."""
-    num_classes = get_spec(trained.data.dataset).num_classes
+    num_classes = trained.spec.num_classes
     models = {}
     for name in ("student", "teacher"):
         model = build_model(trained.model, num_classes)
@@ -103,7 +102,7 @@ def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], resul
     scalars = {k: v for k, v in metrics.items() if k.startswith("val_miou")}
     per_class = {f"final_iou_{m}/{c}": v for m, r in results.items() for c, v in r["iou"].items()}
     tracker.log_metrics({**scalars, **per_class}, step)
-    names = get_spec(cfg.data.dataset).class_names
+    names = cfg.spec.class_names
     with tempfile.TemporaryDirectory() as tmp:
         for name, r in results.items():
             fig = figures.confusion_figure(r["confusion"], names, f"{name}: mIoU {r['miou']:.1f}",
@@ -121,12 +120,10 @@ def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], resul
 @torch.no_grad()
 def overlays(cfg: Config, model: nn.Module, loader: DataLoader, device: torch.device, out_dir: Path) -> list[Path]:
     """Image | ground truth | prediction for the first tracking.num_overlays validation images."""
-    spec = get_spec(cfg.data.dataset)
-    mode, crop = cfg.eval.mode or spec.eval_mode, cfg.eval.crop_size or cfg.data.crop_size
     model.eval()
     paths: list[Path] = []
     for batch in loader:
-        preds = predict(model, batch["img"].to(device), mode, crop, cfg.eval.stride_ratio, spec.num_classes)
+        preds = predict(model, batch["img"].to(device), cfg.eval_protocol)
         for img, gt, pred in zip(batch["img"], batch["mask"], preds.cpu()):
             if len(paths) >= cfg.tracking.num_overlays:
                 return paths

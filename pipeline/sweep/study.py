@@ -133,7 +133,7 @@ def final_miou(cfg: Config, summary: FitSummary) -> float:
     if not summary.evaluations:
         raise ValueError("the sweep's schedule ends before any evaluation (check sweep.overrides)")
     row = summary.evaluations[-1]
-    return float(row.get(f"val_miou_{cfg.eval.model}", row["val_miou_student"]))
+    return float(row[f"val_miou_{cfg.reported_model}"])
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:
@@ -147,7 +147,8 @@ def retried_trial(trial: optuna.Trial) -> int | None:
 
 def run_trial(trial: optuna.Trial, cfg: Config, paths: SweepPaths, parent_run_id: str | None) -> float:
     """The objective: train on the sweep's schedule, report each evaluation, return the final mIoU."""
-    from pipeline.train.fit import RunPaths, fit
+    from pipeline.train.fit import fit
+    from pipeline.train.trainer import RunPaths
 
     values = {key: suggest(trial, key, space) for key, space in cfg.sweep.params.items()}
     retry_of = retried_trial(trial)

@@ -21,10 +21,9 @@ from ddfp.schedule import flow_lr
 from ddfp.step import Phase
 from pipeline.train import distributed, runlock
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.train.learner import amp_dtype
 from pipeline.secrets import redact
 from pipeline.tracking.tracker import NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir
-from pipeline.train.trainer import Progress, RunPaths, Trainer, select_device
+from pipeline.train.trainer import Progress, RunPaths, Trainer
 
 
 class Interrupted(KeyboardInterrupt):
@@ -90,7 +89,7 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm, on_eval: OnEval | None, st
         res = tr.evaluate(phase, p)
         tr.save(p)  # before the hook: a sweep's pruner may stop the run here
         if on_eval is not None:
-            on_eval(p.epoch, res[cfg.eval.model if cfg.eval.model in res else "student"]["miou"])
+            on_eval(p.epoch, res[cfg.reported_model]["miou"])
         return
     tr.save(p)
 
@@ -158,4 +157,4 @@ def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, 
     return summary
 
 
-__all__ = ["FitSummary", "Interrupted", "RunPaths", "Trainer", "amp_dtype", "fit", "select_device"]
+__all__ = ["FitSummary", "Interrupted", "fit"]

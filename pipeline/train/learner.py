@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from pipeline.params import Config
-from ddfp.data.spec import get_spec
 from ddfp.flow import DensityEstimator
 from ddfp.model import build_model
 from ddfp.schedule import poly_lr
@@ -72,17 +71,15 @@ class Learner:
     def __init__(self, cfg: Config, device: torch.device, iters_per_epoch: int, dist: DistEnv = SINGLE,
                  weights: Path | None = None) -> None:
         self.cfg, self.device, self.dist, self.iters_per_epoch = cfg, device, dist, iters_per_epoch
-        spec = get_spec(cfg.data.dataset)
-        self.spec = spec
         seed_everything(cfg.train.seed)
-        student = distributed.prepare_student(
-            build_model(cfg.model, spec.num_classes, str(weights) if weights else None).to(device), dist, device)
-        flow = DensityEstimator(cfg.flow, cfg.model.head_channels, spec.num_classes).to(device)
+        # The library is handed tensors, never paths: the ImageNet file is read here.
+        state = torch.load(weights, map_location="cpu", weights_only=True) if weights else None
+        student = distributed.prepare_student(build_model(cfg.model, cfg.spec.num_classes, state).to(device), dist, device)
+        flow = DensityEstimator(cfg.flow, cfg.model.head_channels, cfg.spec.num_classes).to(device)
         distributed.broadcast_module(flow, dist)
         self.models = Models(student, make_teacher(student).to(device), flow)
         t = cfg.train
-        head_mult = t.head_lr_mult if t.head_lr_mult is not None else spec.head_lr_mult
-        self.opt_seg = torch.optim.SGD(student.param_groups(t.lr, head_mult), lr=t.lr, momentum=t.momentum,
+        self.opt_seg = torch.optim.SGD(student.param_groups(t.lr, cfg.head_lr_mult), lr=t.lr, momentum=t.momentum,
                                        weight_decay=t.weight_decay)
         self.opt_flow = torch.optim.Adam(self.models.flow.parameters(), lr=cfg.flow.lr, betas=cfg.flow.betas)
         self.dtype = amp_dtype(t.precision, device)

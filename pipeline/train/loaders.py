@@ -9,11 +9,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.params import Config
-from ddfp.data.dataset import SegDataset, read_split_file
+from ddfp.data.dataset import SegDataset
 from ddfp.data.sampling import EpochSampler
 from pipeline.train.distributed import shard
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
+
+
+def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
+    """Lines 'image [mask]' -> [(image, mask or None)]; blank lines skipped, anything else refused."""
+    lines: list[tuple[str, str | None]] = []
+    for number, raw in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise ValueError(f"{path}:{number}: expected 'image [mask]', got {raw!r}")
+        lines.append((fields[0], fields[1] if len(fields) == 2 else None))
+    return lines
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from pipeline.params import Config, from_mapping
+from pipeline.params import Config, stored_config
 from ddfp.step import Batch, Phase
 from pipeline.train import checkpoint, distributed
 from pipeline.train.code_version import code_digest
@@ -45,12 +45,6 @@ class RunPaths:
     @property
     def val_log(self) -> Path:
         return self.out_dir / "val_log.json"  # one row per evaluation (DVC plot)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def fingerprint(cfg: Config) -> dict[str, Any]:
@@ -132,7 +126,7 @@ class Trainer:
         state, source = checkpoint.load_resumable(self.paths.ckpt)
         if state is None:
             return Progress()
-        if fingerprint(from_mapping(state["config"])) != fingerprint(self.cfg):
+        if fingerprint(stored_config(state["config"])) != fingerprint(self.cfg):
             tqdm.write(f"{source}: checkpoint of another configuration, training from scratch")
             return Progress()
         if state.get("code") != code_digest():  # e.g. `dvc repro` after an edit of ddfp/
@@ -180,4 +174,4 @@ class Trainer:
         return res
 
 
-__all__ = ["Progress", "RunPaths", "Trainer", "select_device"]
+__all__ = ["Progress", "RunPaths", "Trainer", "fingerprint"]
