@@ -140,8 +140,10 @@ def test_a_code_edit_marks_exactly_the_stages_that_run_that_code(project):
     dest, env = project
     run(["dvc", "repro"], dest, env)  # everything current (a no-op after the tests above)
     assert changed_stages(dest, env) == set()
-    with appended(dest / "ddfp" / "step.py", "# a comment\n"):
+    with appended(dest / "ddfp" / "inference.py", "# a comment\n"):  # trains and evaluates
         assert changed_stages(dest, env) == METHOD_STAGES
+    with appended(dest / "ddfp" / "step.py", "# a comment\n"):  # only trains (evaluate follows its checkpoint)
+        assert changed_stages(dest, env) == {s for s in METHOD_STAGES if s.startswith("train@")}
     with appended(dest / "pipeline" / "stages" / "report.py", "# a comment\n"):
         assert changed_stages(dest, env) == {"report"}
     with appended(dest / "pipeline" / "stages" / "weights.py", "# a comment\n"):
