@@ -9,35 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_service
 import torch
 
-from ddfp import config
 from pipeline import checkpoint
 from pipeline.errors import DataError
 from pipeline.prepare import write_synthetic
 from pipeline.run_state import Trainer
-from pipeline.splits import run_splits
 from pipeline.tracking import NullTracker
 from pipeline.trainer import RunPaths, fit
+from tests.helpers.services import require_service
+from tests.helpers.smoke import tiny_cfg
 
 DDFP = [sys.executable, "-m", "pipeline.cli"]
 SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32",
          "--set", "tracking.enabled=false"]
-
-
-def tiny_cfg(**overrides):
-    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2,
-            "tracking.enabled": False}
-    return config.replace(config.load(profile="smoke"), {**base, **overrides})
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_synthetic(tiny_cfg(), root / "dataset")
-    run_splits(tiny_cfg(), root / "dataset", root / "splits")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 on a real sqlite store, in Debian's headless Chromium."""
 
 import pytest
-from conftest import require_service
-from test_trainer import tiny_cfg
-from test_trainer import tiny_data  # noqa: F401 - a fixture
 
 from pipeline.evaluation_stage import run_evaluate
 from pipeline.mlflow_picture import missing_browser, take_picture
 from pipeline.trainer import RunPaths, fit
+from tests.helpers.services import require_service
+from tests.helpers.smoke import tiny_cfg
 
 
 @pytest.mark.slow

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
-from test_trainer import tiny_cfg as untracked_cfg
 
 from ddfp import config
 from pipeline.evaluation_stage import run_evaluate
 from pipeline.report import write_report
 from pipeline.trainer import fit
+from tests.helpers.smoke import paths
+from tests.helpers.smoke import tiny_cfg as untracked_cfg
 
 
 def smoke(**overrides):

@@ -9,7 +9,7 @@ from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
 from pipeline.tracking import NullTracker
 from pipeline.run_state import Trainer
-from tests.conftest import make_batch, make_models
+from tests.helpers.models import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)
 WARMUP = Phase(semi=True, fit_flow=True, perturb=False)  # the flow's warm-up epoch: no perturbation

@@ -6,7 +6,7 @@ from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline.run_state import Trainer
 from pipeline.tracking import NullTracker
-from tests.conftest import make_batch
+from tests.helpers.models import make_batch
 
 
 def net():

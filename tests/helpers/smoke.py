@@ -1,0 +1,15 @@
+"""The smoke profile shrunk for training tests on the shared smoke data (the `tiny_data` fixture)."""
+
+from ddfp import config
+from pipeline.trainer import RunPaths
+
+
+def tiny_cfg(**overrides):
+    # No MLflow here: tracking has its own tests (test_tracking.py), and each tracked run costs seconds.
+    base = {"model.pretrained": False, "data.crop_size": 32, "train.ckpt_every": 4, "train.log_every": 2,
+            "tracking.enabled": False}
+    return config.replace(config.load(profile="smoke"), {**base, **overrides})
+
+
+def paths(data, out):
+    return RunPaths(data / "dataset", data / "splits" / "8", out)
