@@ -1,38 +1,21 @@
 import os
-import shutil
 import subprocess
-import sys
+import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
-import torch
-import yaml
-from http_server import FileServer
 
 from pipeline import params
-from ddfp.data.spec import get_spec
-from ddfp.flow import DensityEstimator
-from ddfp.model import build_model
-from ddfp.step import Batch, Models
-from ddfp.teacher import make_teacher
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.stages.splits import run_splits
+from pipeline.stages.weights import run_weights
+from tests.helpers.http_server import FileServer
+from tests.helpers.project import ROOT, smoke_project
+from tests.helpers.services import SERVICE_REASONS, require_service
+from tests.helpers.slurm import missing_cluster
 
-
-# Why service tests were skipped on this machine; every test skipped for one of these reasons
-# (also those skipped through an already-failed session fixture) is named again at the very end.
-SERVICE_REASONS: set[str] = set()
+# The service tests skipped on this machine, by node id, with the reason (one of SERVICE_REASONS).
 SKIPPED_SERVICES: dict[str, str] = {}
-
-
-def require_service(missing: str | None) -> None:
-    """Skip a service test whose system packages are absent, on a developer's machine only. In CI
-    (`.ci/run` sets CI=1; `make test` installs the packages as root) a missing package is a failure."""
-    if missing is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must provide this: {missing}")
-    SERVICE_REASONS.add(missing)  # so the end-of-run summary names every test skipped for it
-    pytest.skip(missing)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -68,21 +51,16 @@ def smoke_cfg():
     return params.replace(params.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
 
 
-def make_models(cfg) -> Models:
-    torch.manual_seed(0)
-    n = get_spec(cfg.data.dataset).num_classes
-    student = build_model(cfg.model, n)
-    return Models(student, make_teacher(student), DensityEstimator(cfg.flow, cfg.model.head_channels, n))
-
-
-def make_batch(cfg, seed: int = 0) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    b, s = cfg.train.batch_size, cfg.data.crop_size
-    n = get_spec(cfg.data.dataset).num_classes
-    ignore = torch.zeros(b, s, s, dtype=torch.long)
-    ignore[:, -4:] = 255
-    return Batch(torch.randn(b, 3, s, s, generator=gen), torch.randint(0, n, (b, s, s), generator=gen),
-                 torch.randn(b, 3, s, s, generator=gen), torch.randn(b, 3, s, s, generator=gen), ignore)
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The real smoke profile's inputs on disk, written once for the session and only read by tests:
+    dataset/ (the generated images), splits/<split>/ (its split lists) and weights/<backbone>.pth."""
+    root = tmp_path_factory.mktemp("smoke_data")
+    cfg = params.load(profile="smoke")
+    write_synthetic(cfg, root / "dataset")
+    run_splits(cfg, root / "dataset", root / "splits")
+    run_weights(cfg, root / "weights")
+    return root
 
 
 @pytest.fixture
@@ -93,27 +71,22 @@ def server(tmp_path: Path):
     srv.stop()
 
 
-ROOT = Path(__file__).resolve().parent.parent
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh clone-like copy of the project, switched to the smoke profile (32 px crops)."""
+    dest = tmp_path_factory.mktemp("project")
+    env = smoke_project(dest, lambda params: params["data"].update(crop_size=32))
+    return dest, env
 
 
-def smoke_project(dest: Path, edit: Callable[[dict], None], env: dict[str, str] | None = None) -> dict[str, str]:
-    """A fresh-clone-like copy of this working tree in `dest` (tracked and untracked, not ignored, files),
-    switched to the smoke profile, its values changed by `edit`, committed to a new git repo; returns
-    the environment its commands run in. PYTHONPATH: the stages run the copy's code, not the
-    checkout's that the venv's editable install points at."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(dest), **(env or {})}
-    subprocess.run(["ddfp", "profile", "smoke"], cwd=dest, env=env, capture_output=True, check=True)
-    values = yaml.safe_load((dest / "params.yaml").read_text())
-    edit(values)
-    (dest / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, env=env, capture_output=True, check=True)
-    return env
+@pytest.fixture(scope="session")
+def cluster():
+    """The one-node SLURM cluster (slurm/start_cluster.sh), started once for the session."""
+    require_service(missing_cluster())
+    t0 = time.time()
+    res = subprocess.run(["bash", str(ROOT / "slurm" / "start_cluster.sh")], capture_output=True, text=True)
+    assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stdout}\n{res.stderr}"
+    print(f"\nSLURM cluster up in {time.time() - t0:.1f} s")
+    yield
+    if "already up" not in res.stdout:  # stop only what this session started
+        subprocess.run(["bash", str(ROOT / "slurm" / "stop_cluster.sh")], check=False)

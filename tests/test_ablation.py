@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_trainer import tiny_cfg, tiny_data  # noqa: F401 - tiny_data is a fixture
 
 from pipeline import params
 from pipeline.evidence.ablation import (ARMS, Cell, all_labels_split, arm_config, commit_records, plan, record_config,
                                record_path, run_ablation, train_log_diagnostics)
 from pipeline.evidence.ablation_stats import goal_rows, paired_difference, split_pairs
 from pipeline.train.code_version import code_digest
+from tests.helpers.smoke import tiny_cfg
 
 DDFP = str(Path(sys.executable).parent / "ddfp")
 

@@ -9,36 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_service
 import torch
 
-from pipeline import params
 from pipeline.train import checkpoint
 from pipeline.errors import DataError
 from pipeline.stages.synthetic import write_synthetic
-from pipeline.train.trainer import Progress, Trainer
-from pipeline.stages.splits import run_splits
 from pipeline.tracking.tracker import NullTracker
 from pipeline.train.fit import fit
-from pipeline.train.trainer import RunPaths
+from pipeline.train.trainer import Progress, RunPaths, Trainer
+from tests.helpers.services import require_service
+from tests.helpers.smoke import tiny_cfg
 
 DDFP = [sys.executable, "-m", "pipeline.cli"]
 SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32",
          "--set", "tracking.enabled=false"]
-
-
-def tiny_cfg(**overrides):
-    base = {"model.pretrained": False, "data.crop_size": 32, "run.ckpt_every": 4, "run.log_every": 2,
-            "tracking.enabled": False}
-    return params.replace(params.load(profile="smoke"), {**base, **overrides})
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_synthetic(tiny_cfg(), root / "dataset")
-    run_splits(tiny_cfg(), root / "dataset", root / "splits")
-    return root
 
 
 @pytest.fixture(scope="module")

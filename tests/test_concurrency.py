@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import smoke_project
 import torch
 
-from pipeline import params
 from pipeline.train import checkpoint, runlock
 from pipeline.errors import BusyError
-from pipeline.stages.synthetic import write_synthetic
-from pipeline.stages.splits import run_splits
+from tests.helpers.project import smoke_project
 
 ROOT = Path(__file__).resolve().parent.parent
 DDFP = [sys.executable, "-m", "pipeline.cli"]
@@ -98,15 +95,6 @@ def test_a_killed_holder_frees_the_run_directory(tmp_path):
     holder.wait()
     with runlock.hold(run):
         pass
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    cfg = params.replace(params.load(profile="smoke"), {"model.pretrained": False, "data.crop_size": 32})
-    write_synthetic(cfg, root / "dataset")
-    run_splits(cfg, root / "dataset", root / "splits")
-    return root
 
 
 def holder_pid(run: Path) -> int | None:

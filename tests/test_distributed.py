@@ -86,6 +86,8 @@ def _confusion(env: DistEnv, data):
 
 @pytest.mark.slow
 def test_evaluation_on_two_ranks_equals_one_rank(tmp_path):
+    # Its own dataset, not the shared tiny_data: 15 validation images (the smoke profile has 16), a
+    # count two ranks cannot share evenly.
     cfg = params.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32, "synthetic.num_val": 15})
     write_synthetic(cfg, tmp_path / "dataset")
     run_splits(cfg, tmp_path / "dataset", tmp_path / "splits")

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from http_server import FileServer
 from PIL import Image
-from test_fetch import make_tar, md5, png_bytes, voc_mask, voc_tar
 
 import pipeline.stages.download as dl
 from pipeline.params import load, replace
 from pipeline.fetch import DownloadError
+from tests.helpers.archives import make_tar, md5, png_bytes, voc_mask, voc_tar
+from tests.helpers.http_server import FileServer
 
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from tests.conftest import make_models
+from tests.helpers.models import make_models
 
 
 def bn_state(model, which):

@@ -12,34 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import smoke_project
 import yaml
 
 from pipeline import params
 from ddfp import config
 from pipeline.stages.inputs import resolve_inputs
+from tests.helpers.project import ran_stages, run
 
 ROOT = Path(__file__).resolve().parent.parent
 slow = pytest.mark.slow
-
-
-def run(cmd, cwd, env, check=True, **kw):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-    if check and res.returncode:
-        raise AssertionError(f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh clone-like copy of the project, switched to the smoke profile (32 px crops)."""
-    dest = tmp_path_factory.mktemp("project")
-    env = smoke_project(dest, lambda values: values["data"].update(crop_size=32))
-    return dest, env
-
-
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 # The smoke profile's splits x the default methods: one train and one evaluate stage each.

@@ -8,8 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-from conftest import require_service
+
+from tests.helpers.services import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +44,10 @@ def test_a_run_that_cannot_start_a_service_names_every_skipped_test(tmp_path):
     # A service fixture that cannot start (as the SLURM / PostgreSQL / browser fixtures do on a machine
     # without their packages): both tests using it are named at the end, with the command to run them.
     (tmp_path / "test_service.py").write_text(
-        "import pytest\nfrom tests.conftest import require_service\n\n"
+        "import pytest\nfrom tests.helpers.services import require_service\n\n"
         "@pytest.fixture(scope='session')\ndef frob():\n    require_service('needs the frobnicator daemon')\n\n"
         "def test_one(frob):\n    pass\n\ndef test_two(frob):\n    pass\n\ndef test_plain():\n    pass\n")
-    env = {**os.environ, "CI": "", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    env = {**os.environ, "CI": "", "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider",
                           f"--rootdir={tmp_path}", str(tmp_path / "test_service.py")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddfp.data.mixing import box_masks, cutmix, cutmix_box, cutmix_boxes, maybe_cutmix
+from ddfp.data.mixing import box_masks, cutmix, cutmix_boxes, maybe_cutmix
+from tests.helpers.mixing import cutmix_box
 
 B, C, H, W = 4, 3, 24, 33
 

@@ -2,14 +2,12 @@
 on a real sqlite store, in Debian's headless Chromium."""
 
 import pytest
-from conftest import require_service
-from test_trainer import tiny_cfg
-from test_trainer import tiny_data  # noqa: F401 - a fixture
 
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import missing_browser, take_picture
-from pipeline.train.fit import fit
-from pipeline.train.trainer import RunPaths
+from pipeline.train.fit import RunPaths, fit
+from tests.helpers.services import require_service
+from tests.helpers.smoke import tiny_cfg
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from pipeline import params
 from ddfp.perturb import density_descending_delta, pixels_last
 from ddfp.step import Phase, train_step
-from tests.conftest import make_batch, make_models
+from tests.helpers.models import make_batch, make_models
 
 
 def fitted(smoke_cfg):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
-from test_trainer import tiny_cfg as untracked_cfg
 
 from pipeline import params
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import write_report
 from pipeline.train.fit import fit
+from tests.helpers.smoke import paths
+from tests.helpers.smoke import tiny_cfg as untracked_cfg
 
 
 def smoke(**overrides):

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import smoke_project
-from http_server import FileServer
 
 from pipeline import params
 from pipeline import sections
@@ -26,7 +24,9 @@ from pipeline.stages.synthetic import write_synthetic
 from pipeline.secrets import expand_env, redact, redact_tree
 from pipeline.slurm import job_config, submit_training, wait
 from pipeline.stages.weights import run_weights
-from test_slurm import cluster, data, run_paths, smoke  # noqa: F401 (cluster and data are fixtures)
+from tests.helpers.http_server import FileServer
+from tests.helpers.project import smoke_project
+from tests.helpers.slurm import run_paths, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every character that ends or splits a URL's userinfo for some parser: the redactor must hide it all.
@@ -293,12 +293,12 @@ def test_no_secret_reaches_dvc_lock_stage_output_mlflow_or_reports(project, mirr
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_no_secret_reaches_the_submitit_folder_or_the_job_logs(cluster, data, tmp_path, monkeypatch) -> None:
+def test_no_secret_reaches_the_submitit_folder_or_the_job_logs(cluster, tiny_data, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(MIRROR_ENV, ENCODED)  # sbatch hands the environment to the job; nothing writes it down
     cfg = smoke(tmp_path, **{"train.max_iters": 1,
                              "download.mirror": f"http://alice:${{{MIRROR_ENV}}}@mirror.invalid/x",
                              "sweep.storage": f"postgresql+psycopg2://optuna:{LITERAL}@127.0.0.1/optuna"})
-    wait(submit_training(cfg, {"8": run_paths(data, tmp_path / "run")}), ["8"], poll_s=1)
+    wait(submit_training(cfg, {"8": run_paths(tiny_data, tmp_path / "run")}), ["8"], poll_s=1)
     files = [p for p in (tmp_path / "slurm").rglob("*") if p.is_file()]
     assert any(p.suffix == ".sh" for p in files) and any(p.name.endswith(".pkl") for p in files)
     assert any(p.name.endswith(".out") for p in files) and any(p.name.endswith(".err") for p in files)

@@ -3,73 +3,30 @@ for the session): DDP on 2 CPU tasks, requeue at a time limit, job arrays, cance
 with the slurm launcher, and no password in the submitit folder."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import require_service
 import yaml
 
-from pipeline import params
 from ddfp import config
-from pipeline.stages.synthetic import write_synthetic
-from pipeline.slurm import SlurmJobError, outcome, submit_training, wait
-from pipeline.stages.splits import run_splits
+from pipeline.slurm import outcome, submit_training, wait
 from pipeline.train.fit import fit
-from pipeline.train.trainer import RunPaths
-from test_dvc_pipeline import project, ran_stages, run  # noqa: F401 (project is a fixture)
+from tests.helpers.project import ran_stages, run
+from tests.helpers.slurm import run_paths, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-DAEMONS = ("sbatch", "sacct", "slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd")
 SECRET = "s3cr3t-pw-123"
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "the one-node SLURM cluster needs root (it starts munge, MariaDB and the SLURM daemons)"
-    absent = [d for d in DAEMONS if not shutil.which(d) and not Path(f"/usr/sbin/{d}").exists()]
-    if absent:
-        return f"missing {', '.join(absent)}: apt-get install slurm-wlm munge slurmdbd mariadb-server (`make test` does, as root)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    require_service(_missing())
-    t0 = time.time()
-    res = subprocess.run(["bash", str(ROOT / "slurm" / "start_cluster.sh")], capture_output=True, text=True)
-    assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stdout}\n{res.stderr}"
-    print(f"\nSLURM cluster up in {time.time() - t0:.1f} s")
-    yield
-    if "already up" not in res.stdout:  # stop only what this session started
-        subprocess.run(["bash", str(ROOT / "slurm" / "stop_cluster.sh")], check=False)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm_data")
-    cfg = params.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32})
-    write_synthetic(cfg, root / "dataset")
-    run_splits(cfg, root / "dataset", root / "splits")
-    return root
-
-
-def smoke(tmp_path, **overrides):
-    """The smoke profile shrunk to CPU tasks on the test cluster; logs and jobs under tmp_path."""
-    base = {"model.pretrained": False, "data.crop_size": 32, "tracking.enabled": False, "run.log_every": 1,
-            "slurm.folder": str(tmp_path / "slurm" / "%j"), "slurm.setup": [f"source {ROOT}/slurm/env.sh"],
-            "slurm.time_min": 10}
-    return params.load(None, "smoke", {**base, **overrides})
-
-
-def run_paths(data, out, split="8"):
-    return RunPaths(data / "dataset", data / "splits" / split, out)
+def data(tiny_data):
+    """The shared smoke data (conftest's tiny_data), under the name these tests use."""
+    return tiny_data
 
 
 def losses(run_dir):

@@ -26,6 +26,8 @@ PASCAL_IDS = [f"2007_{i:06d}" for i in range(12)]
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated dataset only, not the shared tiny_data: these tests run the splits stage themselves,
+    on a smaller set (40 training and 6 validation images) whose counts they check."""
     cfg = params.replace(params.load(profile="smoke"), {"synthetic.num_train": 40, "synthetic.num_val": 6,
                                                         "synthetic.image_size": 32})
     root = tmp_path_factory.mktemp("data") / "synthetic"

@@ -8,7 +8,7 @@ from ddfp.losses import downsample_labels
 from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
 from pipeline.train.learner import Learner
-from tests.conftest import make_batch, make_models
+from tests.helpers.models import make_batch, make_models
 
 DDFP = Phase(semi=True, fit_flow=True, perturb=True)
 WARMUP = Phase(semi=True, fit_flow=True, perturb=False)  # the flow's warm-up epoch: no perturbation

@@ -13,32 +13,25 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import require_service
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline import params
 from ddfp import config
-from pipeline.stages.synthetic import write_synthetic
-from pipeline.stages.splits import run_splits
-from pipeline.stages.weights import run_weights
 from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
 from pipeline.sweep.launch import run_sweep
-from test_slurm import cluster  # noqa: F401 - the one-node SLURM cluster fixture
+from tests.helpers.services import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep_data")
-    cfg = params.load(None, "smoke")
-    write_synthetic(cfg, root / "dataset")
-    run_splits(cfg, root / "dataset", root / "splits")
-    run_weights(cfg, root / "weights")  # pretrained: from scratch, 10 iterations learn nothing measurable
-    return root
+def data(tiny_data):
+    """The shared smoke data (conftest's tiny_data), under the name these tests use; the trials start
+    from its pretrained weights: from scratch, 10 iterations learn nothing measurable."""
+    return tiny_data
 
 
 def sweep_paths(data, tmp_path):

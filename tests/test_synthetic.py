@@ -14,7 +14,8 @@ from ddfp.data.masks import read_mask
 from ddfp.data.spec import IGNORE_INDEX, SYNTHETIC_CLASSES
 from ddfp.data.synthetic import generate, make_sample
 from ddfp.data.masks import voc_palette
-from pipeline.stages.synthetic import MARKER, pack_tar, write_synthetic
+from pipeline.stages.synthetic import MARKER, write_synthetic
+from tests.helpers.archives import pack_tar
 
 NUM_CLASSES = len(SYNTHETIC_CLASSES)
 

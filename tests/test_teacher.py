@@ -5,7 +5,7 @@ from pipeline import params
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline.train.learner import Learner
-from tests.conftest import make_batch
+from tests.helpers.models import make_batch
 
 
 def net():

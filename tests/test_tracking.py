@@ -9,11 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import require_service
 from mlflow.tracking import MlflowClient
-from mlflow_server import MlflowServer, free_port
-from test_trainer import paths, tiny_data  # noqa: F401 - tiny_data is a fixture
-from test_trainer import tiny_cfg as untracked_cfg
 
 from pipeline import params
 from pipeline.stages.evaluate import run_evaluate
@@ -23,6 +19,10 @@ from pipeline.secrets import redact
 from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker, dvc_hashes, group_hash
 from pipeline.tracking.spool import Spool
 from pipeline.train.fit import fit
+from tests.helpers.mlflow_server import MlflowServer, free_port
+from tests.helpers.services import require_service
+from tests.helpers.smoke import paths
+from tests.helpers.smoke import tiny_cfg as untracked_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,36 +5,12 @@ import sys
 import pytest
 import torch
 
-from pipeline import params
-from pipeline.stages.synthetic import write_synthetic
-from pipeline.stages.splits import run_splits
 from ddfp.schedule import flow_lr, poly_lr
 from ddfp.step import Phase
 from pipeline.evidence.bench import random_batch
-from pipeline.train.learner import Learner
 from pipeline.train.fit import FitSummary, fit
-from pipeline.train.trainer import RunPaths
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """The smoke profile's generated dataset and its splits, shared by this module's tests."""
-    root = tmp_path_factory.mktemp("data")
-    cfg = tiny_cfg()
-    write_synthetic(cfg, root / "dataset")
-    run_splits(cfg, root / "dataset", root / "splits")
-    return root
-
-
-def tiny_cfg(**overrides):
-    # No MLflow here: tracking has its own tests (test_tracking.py), and each tracked run costs seconds.
-    base = {"model.pretrained": False, "data.crop_size": 32, "run.ckpt_every": 4, "run.log_every": 2,
-            "tracking.enabled": False}
-    return params.replace(params.load(profile="smoke"), {**base, **overrides})
-
-
-def paths(data, out):
-    return RunPaths(data / "dataset", data / "splits" / "8", out)
+from pipeline.train.learner import Learner
+from tests.helpers.smoke import paths, tiny_cfg
 
 
 def states(ckpt):

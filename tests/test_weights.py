@@ -10,11 +10,11 @@ import pytest
 import requests
 import torch
 import torchvision
-from http_server import FileServer
 
 import pipeline.stages.weights as weights
 from pipeline.params import load, replace
 from pipeline.fetch import ChecksumError
+from tests.helpers.http_server import FileServer
 
 
 @pytest.fixture

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import torch
 
-Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
-
-
 def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """B x 4 int64 CPU tensor of (y0, y1, x0, x1) boxes, each of area H W / 2 up to rounding."""
     low = width // 2 + 1  # numpy's randint truncates the float bound W/2 + 1
@@ -28,12 +25,6 @@ def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator
     y0 = (torch.rand(batch, generator=generator, dtype=torch.float64) * (height - box_h + 1)).long()
     x0 = (torch.rand(batch, generator=generator, dtype=torch.float64) * (width - box_w + 1)).long()
     return torch.stack([y0, y0 + box_h, x0, x0 + box_w], dim=1)
-
-
-def cutmix_box(height: int, width: int, generator: torch.Generator | None = None) -> Box:
-    """One box as Python ints (y0, y1, x0, x1)."""
-    y0, y1, x0, x1 = cutmix_boxes(1, height, width, generator)[0].tolist()
-    return y0, y1, x0, x1
 
 
 def box_masks(boxes: torch.Tensor, height: int, width: int, device: torch.device | str) -> torch.Tensor:

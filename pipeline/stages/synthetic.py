@@ -1,4 +1,4 @@
-"""Writing the generated demo dataset to disk in VOC layout, and packing a dataset as a tar.
+"""Writing the generated demo dataset to disk in VOC layout.
 
 Layout (what Pascal VOC ships, so the synthetic set travels the same code path as the real one):
     root/JPEGImages/<id>.jpg                      quality 95
@@ -11,7 +11,6 @@ Everything is written into a temporary sibling folder and moved into place only 
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from pipeline.params import Config
 from ddfp.data.masks import voc_palette
 from ddfp.data.synthetic import generate
-from pipeline.files import atomic_directory, atomic_write
+from pipeline.files import atomic_directory
 
 JPEG_QUALITY = 95
 MARKER = "synthetic.json"
@@ -57,8 +56,3 @@ def write_synthetic(cfg: Config, root: Path) -> None:
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
         (tmp / MARKER).write_text(json.dumps(syn.model_dump(mode="json"), indent=2) + "\n")
 
-
-def pack_tar(root: Path, tar_path: Path, arcname: str) -> None:
-    """Pack the folder root as tar_path with members under arcname/ (written to a temp file first)."""
-    with atomic_write(tar_path) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
-        tar.add(root, arcname=arcname)  # members are added in sorted order: reproducible layout
