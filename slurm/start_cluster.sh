@@ -2,12 +2,12 @@
 # One-node SLURM cluster on localhost for Debian 12 (slurm-wlm 22.05.8), run as root, no systemd.
 # Prereq: apt-get install -y slurm-wlm munge slurmdbd mariadb-server   (slurmdbd/mariadb only if ACCOUNTING=1)
 # ACCOUNTING=1 (default): slurmdbd + MariaDB, so `sacct` works (submitit uses sacct for job state).
-# Used by the `slurm`-marked tests (tests/test_slurm.py) and by hand; stop with slurm/stop_cluster.sh.
+# Used by the `slurm`-marked tests (tests/pipeline/test_slurm.py) and by hand; stop with slurm/stop_cluster.sh.
 # Idempotent: exits at once when the cluster already answers.
 set -euo pipefail
 if timeout 3 sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)'; then echo "cluster already up"; exit 0; fi
 ACCOUNTING=${ACCOUNTING:-1}
-NCPU=$(nproc)
+NCPU=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) * 9 / 10 ))
 t0=$(date +%s.%N)
 waitfor() { local n=0; until eval "$1" >/dev/null 2>&1; do n=$((n+1)); [ $n -gt 150 ] && { echo "timeout: $1"; exit 1; }; sleep 0.2; done; }

@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 from tests.helpers.services import require_service
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_test_target_installs_the_service_packages_first():

@@ -17,9 +17,8 @@ import yaml
 from pipeline import params
 from ddfp import config
 from pipeline.stages.inputs import resolve_inputs
-from tests.helpers.project import ran_stages, run
+from tests.helpers.project import ROOT, ran_stages, run
 
-ROOT = Path(__file__).resolve().parent.parent
 slow = pytest.mark.slow
 
 

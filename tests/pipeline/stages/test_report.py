@@ -17,13 +17,13 @@ from pipeline.stages.report import write_report
 from pipeline.train.fit import fit
 from tests.helpers.smoke import paths
 from tests.helpers.smoke import tiny_cfg as untracked_cfg
+from tests.helpers.project import ROOT
 
 
 def smoke(**overrides):
     return params.replace(params.load(profile="smoke"), {"tracking.enabled": True, **overrides})
 
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2, method="ddfp"):

@@ -3,8 +3,8 @@ files, trackers, clusters or sweeps; modules keep their size budget; imports for
 
 import ast
 from pathlib import Path
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "ddfp").rglob("*.py")) + sorted((ROOT / "pipeline").rglob("*.py"))
 
 # What the method library must not reach: the orchestration, trackers, clusters, sweeps, processes.

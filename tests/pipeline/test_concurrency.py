@@ -14,9 +14,8 @@ import torch
 
 from pipeline.train import checkpoint, runlock
 from pipeline.errors import BusyError
-from tests.helpers.project import smoke_project
+from tests.helpers.project import ROOT, smoke_project
 
-ROOT = Path(__file__).resolve().parent.parent
 DDFP = [sys.executable, "-m", "pipeline.cli"]
 SMOKE = ["--profile", "smoke", "--set", "model.pretrained=false", "--set", "data.crop_size=32",
          "--set", "tracking.enabled=false"]

@@ -14,8 +14,8 @@ from pipeline.errors import DataError, UsageError
 from pipeline.stages.inputs import INPUT_KEYS, is_pipelines, own_dir, resolve_inputs
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def tree(root: Path) -> dict[str, str]:

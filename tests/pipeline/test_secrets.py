@@ -25,10 +25,9 @@ from pipeline.secrets import expand_env, redact, redact_tree
 from pipeline.slurm import job_config, submit_training, wait
 from pipeline.stages.weights import run_weights
 from tests.helpers.http_server import FileServer
-from tests.helpers.project import smoke_project
+from tests.helpers.project import ROOT, smoke_project
 from tests.helpers.slurm import run_paths, smoke
 
-ROOT = Path(__file__).resolve().parent.parent
 # Every character that ends or splits a URL's userinfo for some parser: the redactor must hide it all.
 RAW = "p@ss/w:rd"
 ENCODED = "p%40ss%2Fw%3Ard"  # the same password as it stands in a URL (and in the environment)

@@ -15,10 +15,9 @@ import yaml
 from ddfp import config
 from pipeline.slurm import outcome, submit_training, wait
 from pipeline.train.fit import fit
-from tests.helpers.project import ran_stages, run
+from tests.helpers.project import ROOT, ran_stages, run
 from tests.helpers.slurm import run_paths, smoke
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SECRET = "s3cr3t-pw-123"
 

@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.evidence.readme import render, stale_blocks
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 README = """# Project
 

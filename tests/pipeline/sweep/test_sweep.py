@@ -22,8 +22,8 @@ from ddfp import config
 from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
 from pipeline.sweep.launch import run_sweep
 from tests.helpers.services import require_service
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
 
 

@@ -23,8 +23,8 @@ from tests.helpers.mlflow_server import MlflowServer, free_port
 from tests.helpers.services import require_service
 from tests.helpers.smoke import paths
 from tests.helpers.smoke import tiny_cfg as untracked_cfg
+from tests.helpers.project import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_cfg(**overrides):
