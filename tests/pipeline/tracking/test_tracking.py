@@ -109,7 +109,7 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["ddfp_kind"] == "parent"
     artifacts = {a.path for d in ("", "figures", "overlays") for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"params.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
+    assert {"config.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
     found = client_frame(mlflow_server.url)
     assert summary.run_id in set(found["run_id"])
 
