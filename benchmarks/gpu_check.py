@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from pipeline import params
-from pipeline.train import distributed
-from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.train import distributed
 from pipeline.train.fit import fit
 from pipeline.train.learner import amp_dtype
 from pipeline.train.trainer import RunPaths

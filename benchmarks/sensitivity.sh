@@ -19,5 +19,5 @@ run() {  # name methods overrides...
 run eps-1 ddfp perturb.eps=1.0
 run eps-16 ddfp perturb.eps=16.0
 run thresh-0.95 mean_teacher,ddfp train.conf_thresh=0.95
-.venv/bin/python -m pipeline.evidence.sensitivity --split "$split" --runs runs/sensitivity --ablation runs/ablation \
+.venv/bin/ddfp sensitivity --split "$split" --runs runs/sensitivity --ablation runs/ablation \
   --out reports

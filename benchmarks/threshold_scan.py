@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from pipeline import params
-from pipeline.train import checkpoint
 from pipeline.evidence.ablation import pseudo_label_diagnostics
+from pipeline.train import checkpoint
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 SPLIT = Path("data/splits/16")

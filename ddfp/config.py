@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ddfp.data.spec import DatasetSpec, get_spec
+
+# The three methods of one training step, in the order tables list them (baseline first).
+Method = Literal["supervised", "mean_teacher", "ddfp"]
+METHODS: tuple[str, ...] = get_args(Method)
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted key(s) at fault in the message."""
@@ -111,7 +116,7 @@ class LossConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["supervised", "mean_teacher", "ddfp"] = "ddfp"
+    method: Method = "ddfp"
     epochs: int = Field(default=80, ge=1)
     sup_only_epochs: int = Field(default=1, ge=0)
     flow_start_epoch: int = Field(default=1, ge=0)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddfp.flow import DensityEstimator
-from ddfp.model import DeepLabV3Plus
+from ddfp.flow.density import DensityEstimator
+from ddfp.model.deeplab import DeepLabV3Plus
 
 
 @dataclass

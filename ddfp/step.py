@@ -21,13 +21,11 @@ from torch import Tensor
 from ddfp.config import MethodConfig
 from ddfp.data.mixing import maybe_cutmix
 from ddfp.data.spec import IGNORE_INDEX
-from ddfp.flow import DensityEstimator, sample_pixels
+from ddfp.flow.density import DensityEstimator, sample_pixels
 from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels, masked_ce, pseudo_labels
-from ddfp.model import DeepLabV3Plus
-from ddfp.model.deeplab import upsample
+from ddfp.model.deeplab import DeepLabV3Plus, upsample
 from ddfp.perturb import Perturbation, density_descending_delta, pixels_last, query_nll
-
 
 DIAGNOSTICS_SEED = 0  # the diagnostics' own pixel subset; any fixed value keeps the training stream intact
 

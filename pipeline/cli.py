@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import params
-from pipeline.params import Config
 from pipeline.errors import EXIT_CODES, EXIT_INTERRUPTED, DataError, failure
-from pipeline.stages.inputs import INPUTS_RULE
+from pipeline.params import Config
 from pipeline.secrets import redact
+from pipeline.stages.inputs import INPUTS_RULE
 
 # The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
 LAYOUT = {"data": Path("data/dataset"), "splits": Path("data/splits"), "weights": Path("data/weights"),
@@ -144,6 +144,14 @@ def cmd_ablation(args: argparse.Namespace) -> None:
     print(result["provenance"])
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    from pipeline.evidence.sensitivity import gather, write
+
+    frame = gather(args.split, args.runs, args.ablation)
+    write(frame, args.split, args.out)
+    print(frame.to_string(index=False))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from pipeline.evidence.bench import run_bench
 
@@ -154,8 +162,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
     from pipeline.stages.inputs import resolve_inputs
-    from pipeline.sweep.study import SweepPaths
     from pipeline.sweep.launch import run_sweep
+    from pipeline.sweep.study import SweepPaths
 
     flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
     cfg = params.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
@@ -255,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", "--methods", dest="arms",
                    default="supervised,mean_teacher,ddfp,ddfp_eps0,ddfp_random,all_labels", help="comma list of arms")
     p.add_argument("--commit", action="store_true", help="git-commit each run's record as it lands (resume elsewhere)")
+    p = sub.add_parser("sensitivity", help="gather benchmarks/sensitivity.sh's runs into reports/sensitivity.*")
+    p.add_argument("--split", required=True, help="the split the runs trained on")
+    p.add_argument("--runs", type=Path, required=True, help="one ablation work dir per setting")
+    p.add_argument("--ablation", type=Path, required=True, help="the ablation's work dir (the default setting)")
+    p.add_argument("--out", type=Path, required=True, help="where sensitivity.json and .md go")
+    p.set_defaults(fn=cmd_sensitivity)
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step"], help="step: median step time per method")
     p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ddfp.config import ConfigError, MethodConfig
-from pipeline.sections import DownloadConfig, RunConfig, SlurmConfig, SweepConfig, TrackingConfig
+from ddfp.config import ConfigError, Method, MethodConfig
 from pipeline.secrets import redact_values
+from pipeline.sections import DownloadConfig, RunConfig, SlurmConfig, SweepConfig, TrackingConfig
 
 # Shipped inside the package, so that an installed `ddfp` (not only a checkout) knows its profiles.
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -49,7 +49,7 @@ class Config(MethodConfig):
     profile: str = "pascal"
     # The pipeline's method axis: `dvc repro` trains and evaluates each of these on every split
     # (train.method is then set per run); the baseline beside DDFP makes the gain visible.
-    methods: list[Literal["supervised", "mean_teacher", "ddfp"]] = Field(
+    methods: list[Method] = Field(
         default_factory=lambda: ["supervised", "ddfp"], min_length=1)
     download: DownloadConfig = DownloadConfig()
     run: RunConfig = RunConfig()

@@ -23,9 +23,8 @@ from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ddfp.config import ConfigError
-
-from pipeline.params import Config, from_mapping
 from pipeline.errors import JobError
+from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, redact_tree
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import params
-from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.weights import run_weights
 from tests.helpers.http_server import FileServer
 from tests.helpers.project import ROOT, smoke_project

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+
 def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """B x 4 int64 CPU tensor of (y0, y1, x0, x1) boxes, each of area H W / 2 up to rounding."""
     low = width // 2 + 1  # numpy's randint truncates the float bound W/2 + 1

@@ -17,7 +17,7 @@ from FrEIA.modules import GLOWCouplingBlock, InvertibleModule
 from torch import Tensor, nn
 
 from ddfp.config import FlowConfig
-from ddfp.flow.prior import UNLABELLED, GaussianMixturePrior
+from ddfp.flow.prior import GaussianMixturePrior
 
 
 class FixedPermutation(InvertibleModule):
@@ -111,4 +111,4 @@ def sample_pixels(valid: Tensor, num: int, generator: torch.Generator | None = N
     return idx, valid[idx].float()
 
 
-__all__ = ["DensityEstimator", "FixedPermutation", "FlowNLL", "UNLABELLED", "sample_pixels"]
+__all__ = ["DensityEstimator", "FixedPermutation", "FlowNLL", "sample_pixels"]

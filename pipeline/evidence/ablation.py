@@ -26,20 +26,21 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.params import Config, replace, stored_config
+from ddfp.config import METHODS
 from ddfp.data.dataset import SegDataset
 from ddfp.inference import class_scores
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
-from pipeline.train import checkpoint
-from pipeline.train.loaders import read_split_file
-from pipeline.evidence.ablation_stats import write_outputs
-from pipeline.train.code_version import code_digest
 from pipeline.errors import DataError, UsageError
-from pipeline.stages.evaluate import run_evaluate, trained_models
+from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.params import Config, replace, stored_config
+from pipeline.stages.evaluate import run_evaluate, trained_models
 from pipeline.stages.report import labels_of
+from pipeline.train import checkpoint
+from pipeline.train.code_version import code_digest
 from pipeline.train.distributed import SINGLE
 from pipeline.train.fit import fit
+from pipeline.train.loaders import read_split_file
 from pipeline.train.trainer import RunPaths
 
 # arm -> (train.method, overrides): the one place an arm is defined.
@@ -51,7 +52,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddfp_random": ("ddfp", {"perturb.direction": "random"}),
     "all_labels": ("supervised", {}),  # on all_labels_split(smallest split)
 }
-CURVE_ARMS = ("supervised", "mean_teacher", "ddfp")
+CURVE_ARMS = METHODS  # the label curve: the three methods, not the controls
 # Values that cannot change a run's weights or its evaluation: a record stays valid when only these
 # differ (data.splits only lists which splits exist; the others schedule, log or track).
 NOT_RESULTS = ("profile", "methods", "data.splits", "run.num_workers", "download.", "run.device",

@@ -17,12 +17,12 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from pipeline.params import Config
+from ddfp.config import METHODS
 from pipeline import figures
 from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.params import Config
 from pipeline.stages.report import labels_of, numeric_markdown
 
-MAIN = ("supervised", "mean_teacher", "ddfp")
 DIAGNOSTICS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "nll_rise", "pl_confident_share",
                "pl_precision", "pl_fg_coverage", "pl_bg_share")
 
@@ -110,7 +110,7 @@ def summary_frame(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:
 def curve_lines(summary: pd.DataFrame) -> list[str]:
     """Whether each main method's mean rises with every added label split."""
     lines = []
-    for arm in MAIN:
+    for arm in METHODS:
         rows = summary[summary.arm == arm].sort_values("labels")
         if len(rows) > 1:
             means = list(rows["mean"])

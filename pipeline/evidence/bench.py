@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import torch
 
-from pipeline.params import Config, replace
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.step import Batch, Phase, flow_step
-from pipeline.train.learner import Learner
+from pipeline.params import Config, replace
 from pipeline.train.distributed import SINGLE
+from pipeline.train.learner import Learner
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}

@@ -7,7 +7,6 @@ config (eps, threshold) comes from the metrics' own run: nothing here is assumed
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -47,19 +46,3 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
         numeric_markdown(frame), "",
     ])
     write_text_atomic(out / "sensitivity.md", text)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--split", required=True)
-    p.add_argument("--runs", type=Path, required=True, help="one ablation work dir per setting")
-    p.add_argument("--ablation", type=Path, required=True, help="the ablation's work dir (default setting)")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
-    frame = gather(args.split, args.runs, args.ablation)
-    write(frame, args.split, args.out)
-    print(frame.to_string(index=False))
-
-
-if __name__ == "__main__":
-    main()

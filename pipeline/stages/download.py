@@ -17,15 +17,14 @@ import numpy as np
 import requests
 from PIL import Image
 
-from pipeline.params import Config
-
-from pipeline.sections import DownloadConfig, FileSource
 from ddfp.data.masks import voc_palette
 from ddfp.data.spec import IGNORE_INDEX, get_spec
 from pipeline.archive import extract
 from pipeline.fetch import DownloadError, download
 from pipeline.files import atomic_write, write_bytes_atomic
+from pipeline.params import Config
 from pipeline.secrets import expand_env, refuse_literal_secret
+from pipeline.sections import DownloadConfig, FileSource
 
 log = logging.getLogger(__name__)
 

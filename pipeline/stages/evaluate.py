@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.params import Config, stored_config
 from ddfp.inference import predict
-from ddfp.model import build_model
-from pipeline.train import checkpoint
+from ddfp.model.deeplab import build_model
 from pipeline import figures
-from pipeline.train.distributed import SINGLE
-from pipeline.train.validation import evaluate_models
 from pipeline.files import write_json_atomic
-from pipeline.train.loaders import val_loader
+from pipeline.params import Config, stored_config
 from pipeline.tracking.tracker import Tracker, open_tracker
+from pipeline.train import checkpoint
+from pipeline.train.distributed import SINGLE
+from pipeline.train.loaders import val_loader
+from pipeline.train.validation import evaluate_models
 
 
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pipeline import params
-from pipeline.params import Config
 from pipeline.errors import BusyError, DataError, UsageError
+from pipeline.params import Config
 
 # The params of dvc.yaml's download, splits and weights stages (data.splits apart: a split's lists
 # depend only on its size and the seed, so a subset of the pipeline's splits is the pipeline's).

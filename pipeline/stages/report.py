@@ -23,10 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.params import Config
+from ddfp.config import METHODS
 from pipeline import figures
 from pipeline.errors import DataError
 from pipeline.files import write_text_atomic
+from pipeline.params import Config
 
 # The paper's numbers: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as quoted by
 # SemiOVS (the 732/1464 entries match the authors' logs); supervised: U2PL's baselines.
@@ -36,7 +37,6 @@ PAPER = {
         "supervised (U2PL)": {"92": 45.77, "183": 54.92, "366": 65.88, "732": 71.69, "1464": 72.50},
     },
 }
-METHOD_ORDER = ("supervised", "mean_teacher", "ddfp")
 GAIN = "ddfp - supervised"
 FIGURES = ("miou_vs_labels.png", "class_iou.png", "training_curves.png")
 
@@ -108,7 +108,7 @@ def summarise(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 def markdown_table(summary: pd.DataFrame, cfg: Config) -> str:
     cell = lambda r: f"{r['mean']:.2f}" + (f" ± {r['std']:.2f} ({r['seeds']})" if r["seeds"] > 1 else "")  # noqa: E731
     wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="split", columns="method", values="cell")
-    methods = [m for m in METHOD_ORDER if m in wide.columns] + [m for m in wide.columns if m not in METHOD_ORDER]
+    methods = [m for m in METHODS if m in wide.columns] + [m for m in wide.columns if m not in METHODS]
     wide = wide[methods]
     means = summary.pivot(index="split", columns="method", values="mean")
     if {"supervised", "ddfp"} <= set(means.columns):

@@ -22,12 +22,11 @@ from typing import Callable
 import numpy as np
 
 from ddfp.config import ConfigError
-
-from pipeline.params import Config
 from ddfp.data.spec import DatasetSpec
-from pipeline.stages.data_check import Pair, check_listed
 from pipeline.errors import DataError
 from pipeline.files import atomic_directory
+from pipeline.params import Config
+from pipeline.stages.data_check import Pair, check_listed
 
 LISTS = ("labeled", "unlabeled", "val")
 COVERAGE_DRAWS = 1000  # draws of a seeded split before giving up on covering every class

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.params import Config
 from ddfp.data.masks import voc_palette
 from ddfp.data.synthetic import generate
 from pipeline.files import atomic_directory
+from pipeline.params import Config
 
 JPEG_QUALITY = 95
 MARKER = "synthetic.json"

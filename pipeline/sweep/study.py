@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import params
 from ddfp.config import ConfigError
-from pipeline.params import Config
-from pipeline.sections import ParamSpace
+from pipeline import params
 from pipeline.errors import JobError
+from pipeline.params import Config
 from pipeline.secrets import expand_env, redact
+from pipeline.sections import ParamSpace
 from pipeline.sweep.tracking import RetryStaleTrial, TrialTracker, open_parent_run
-from pipeline.tracking.tracker import NullTracker, project_dir, tracking_uri
+from pipeline.tracking.identity import project_dir, tracking_uri
+from pipeline.tracking.tracker import NullTracker
 
 if TYPE_CHECKING:  # torch loads only where a trial trains
     from pipeline.train.fit import FitSummary

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from pipeline.params import Config
 from pipeline.secrets import redact, redact_values
-from pipeline.tracking.tracker import KIND_TAG, MlflowTracker, RunInfo, experiment_name, tracking_uri
+from pipeline.tracking.identity import KIND_TAG, RunInfo, experiment_name, tracking_uri
+from pipeline.tracking.tracker import MlflowTracker
 
 STUDY_TAG, STATE_TAG = "ddfp_study", "trial_state"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

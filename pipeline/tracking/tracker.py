@@ -20,12 +20,11 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from pipeline.params import Config
 from pipeline.files import write_json_atomic
-from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, dvc_hashes, experiment_name,
-                                   group_hash, param_strings, project_dir, run_note, run_params, run_spec,
-                                   tracking_uri)
+from pipeline.params import Config
 from pipeline.secrets import redact
+from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, param_strings, run_note,
+                                         run_spec, tracking_uri)
 from pipeline.tracking.spool import Spool
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
@@ -292,7 +291,4 @@ def open_tracker(cfg: Config, rank: int = 0, run_dir: Path | None = None) -> Mlf
     return MlflowTracker(tracking_uri(cfg), run_dir)
 
 
-# RunInfo and the identity helpers are re-exported: callers import tracking as one module.
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "RunInfo", "open_tracker", "tracking_uri", "project_dir",
-           "experiment_name", "group_hash", "dvc_hashes", "run_params", "KIND_TAG",
-           "RECONNECT_S", "RUN_RECORD"]
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "open_tracker", "RECONNECT_S", "RUN_RECORD"]

@@ -16,13 +16,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pipeline.params import Config
 from ddfp.schedule import flow_lr
 from ddfp.step import Phase
+from pipeline.params import Config
+from pipeline.secrets import redact
+from pipeline.tracking.identity import RunInfo, dvc_hashes, project_dir
+from pipeline.tracking.tracker import NullTracker, Tracker, open_tracker
 from pipeline.train import distributed, runlock
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.secrets import redact
-from pipeline.tracking.tracker import NullTracker, RunInfo, Tracker, dvc_hashes, open_tracker, project_dir
 from pipeline.train.trainer import Progress, RunPaths, Trainer
 
 

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.params import Config
-from ddfp.flow import DensityEstimator
-from ddfp.model import build_model
+from ddfp.flow.density import DensityEstimator
+from ddfp.model.deeplab import build_model
 from ddfp.schedule import poly_lr
 from ddfp.step import Batch, Models, Phase, train_step
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
+from pipeline.params import Config
 from pipeline.train import distributed
 from pipeline.train.distributed import SINGLE, DistEnv
 

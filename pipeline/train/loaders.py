@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.params import Config
 from ddfp.data.dataset import SegDataset
 from ddfp.data.sampling import EpochSampler
+from pipeline.params import Config
 from pipeline.train.distributed import shard
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2

@@ -15,17 +15,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from pipeline.params import Config, stored_config
 from ddfp.step import Batch, Phase
+from pipeline.files import write_json_atomic
+from pipeline.params import Config, stored_config
+from pipeline.secrets import redact_tree
+from pipeline.tracking.tracker import Tracker
 from pipeline.train import checkpoint, distributed
 from pipeline.train.code_version import code_digest
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.train.validation import evaluate_models
-from pipeline.files import write_json_atomic
 from pipeline.train.learner import Learner, StepResult
 from pipeline.train.loaders import TrainLoaders, train_loaders, val_loader
-from pipeline.secrets import redact_tree
-from pipeline.tracking.tracker import Tracker
+from pipeline.train.validation import evaluate_models
+
 
 @dataclass(frozen=True)
 class RunPaths:

@@ -3,8 +3,8 @@ import re
 import pytest
 import yaml
 
-from pipeline import params
 from ddfp.config import ConfigError
+from pipeline import params
 
 
 def test_defaults_are_the_authors_values():

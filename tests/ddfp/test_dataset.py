@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ddfp.data.dataset import SampleReadError, SegDataset
-from pipeline.train.loaders import read_split_file
 from ddfp.data.spec import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from pipeline.train.loaders import read_split_file
 
 NUM_CLASSES = 5
 H, W = 40, 56

@@ -1,7 +1,7 @@
 import torch
 
+from ddfp.flow.density import DensityEstimator, sample_pixels
 from pipeline import params
-from ddfp.flow import DensityEstimator, sample_pixels
 
 
 def small_flow(dim=6, classes=2, **kw):

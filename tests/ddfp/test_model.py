@@ -2,8 +2,8 @@
 
 import torch
 
+from ddfp.model.deeplab import build_model
 from pipeline import params
-from ddfp.model import build_model
 from pipeline.train.learner import Learner
 
 

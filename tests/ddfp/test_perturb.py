@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import params
 from ddfp.perturb import density_descending_delta, pixels_last
 from ddfp.step import Phase, train_step
+from pipeline import params
 from tests.helpers.models import make_batch, make_models
 
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from pipeline import params
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels
 from ddfp.perturb import pixels_last
 from ddfp.step import Phase, train_step
+from pipeline import params
 from pipeline.train.learner import Learner
 from tests.helpers.models import make_batch, make_models
 

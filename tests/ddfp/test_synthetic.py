@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import params
-from ddfp.data.masks import read_mask
+from ddfp.data.masks import read_mask, voc_palette
 from ddfp.data.spec import IGNORE_INDEX, SYNTHETIC_CLASSES
 from ddfp.data.synthetic import generate, make_sample
-from ddfp.data.masks import voc_palette
+from pipeline import params
 from pipeline.stages.synthetic import MARKER, write_synthetic
 from tests.helpers.archives import pack_tar
 

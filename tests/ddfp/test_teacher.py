@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from pipeline import params
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
+from pipeline import params
 from pipeline.train.learner import Learner
 from tests.helpers.models import make_batch
 

@@ -3,8 +3,8 @@
 import torch
 
 from ddfp.data.spec import get_spec
-from ddfp.flow import DensityEstimator
-from ddfp.model import build_model
+from ddfp.flow.density import DensityEstimator
+from ddfp.model.deeplab import build_model
 from ddfp.step import Batch, Models
 from ddfp.teacher import make_teacher
 

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from pipeline import params
-from pipeline.train.fit import RunPaths
+from pipeline.train.trainer import RunPaths
 from tests.helpers.project import ROOT
 
 DAEMONS = ("sbatch", "sacct", "slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd")

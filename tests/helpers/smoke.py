@@ -1,7 +1,7 @@
 """The smoke profile shrunk for training tests on the shared smoke data (the `tiny_data` fixture)."""
 
 from pipeline import params
-from pipeline.train.fit import RunPaths
+from pipeline.train.trainer import RunPaths
 
 
 def tiny_cfg(**overrides):

@@ -3,6 +3,7 @@ files, trackers, clusters or sweeps; modules keep their size budget; imports for
 
 import ast
 from pathlib import Path
+
 from tests.helpers.project import ROOT
 
 SOURCES = sorted((ROOT / "ddfp").rglob("*.py")) + sorted((ROOT / "pipeline").rglob("*.py"))

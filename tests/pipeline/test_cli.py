@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import build_parser
-from pipeline.errors import failure
-from pipeline.errors import EXIT_CODES, DataError, JobError
+from pipeline.errors import EXIT_CODES, DataError, JobError, failure
 from pipeline.fetch import ChecksumError, DownloadError
 from pipeline.slurm import SlurmJobError
 from pipeline.sweep.study import SweepError

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import checkpoint, runlock
 from pipeline.errors import BusyError
+from pipeline.train import checkpoint, runlock
 from tests.helpers.project import ROOT, smoke_project
 
 DDFP = [sys.executable, "-m", "pipeline.cli"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params
 from ddfp import config
+from pipeline import params
 from pipeline.stages.inputs import resolve_inputs
 from tests.helpers.project import ROOT, ran_stages, run
 

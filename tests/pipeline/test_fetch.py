@@ -26,8 +26,6 @@ from tests.helpers.archives import make_tar, md5, voc_mask, voc_tar
 from tests.helpers.http_server import FileServer
 
 
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

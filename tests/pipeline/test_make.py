@@ -8,10 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-from tests.helpers.services import require_service
 from tests.helpers.project import ROOT
-
+from tests.helpers.services import require_service
 
 
 def test_the_test_target_installs_the_service_packages_first():

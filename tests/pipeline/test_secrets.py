@@ -14,18 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params
-from pipeline import sections
 from ddfp.config import ConfigError
-from pipeline import cli
-from pipeline.stages.download import fetch_file
+from pipeline import cli, params, sections
 from pipeline.fetch import DownloadError
-from pipeline.stages.synthetic import write_synthetic
 from pipeline.secrets import expand_env, redact, redact_tree
 from pipeline.slurm import job_config, submit_training, wait
+from pipeline.stages.download import fetch_file
+from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.weights import run_weights
 from tests.helpers.http_server import FileServer
-from tests.helpers.project import ROOT, smoke_project
+from tests.helpers.project import smoke_project
 from tests.helpers.slurm import run_paths, smoke
 
 # Every character that ends or splits a URL's userinfo for some parser: the redactor must hide it all.

@@ -12,8 +12,18 @@ import pandas as pd
 import pytest
 
 from pipeline import params
-from pipeline.evidence.ablation import (ARMS, Cell, all_labels_split, arm_config, commit_records, plan, record_config,
-                               record_path, run_ablation, train_log_diagnostics)
+from pipeline.evidence.ablation import (
+    ARMS,
+    Cell,
+    all_labels_split,
+    arm_config,
+    commit_records,
+    plan,
+    record_config,
+    record_path,
+    run_ablation,
+    train_log_diagnostics,
+)
 from pipeline.evidence.ablation_stats import goal_rows, paired_difference, split_pairs
 from pipeline.train.code_version import code_digest
 from tests.helpers.smoke import tiny_cfg

@@ -3,9 +3,10 @@ on a real sqlite store, in Debian's headless Chromium."""
 
 import pytest
 
-from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import missing_browser, take_picture
-from pipeline.train.fit import RunPaths, fit
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.train.fit import fit
+from pipeline.train.trainer import RunPaths
 from tests.helpers.services import require_service
 from tests.helpers.smoke import tiny_cfg
 

@@ -1,13 +1,11 @@
 """README sections copied from reports/ by `ddfp readme`: never edited by hand, never stale."""
 
-from pathlib import Path
 
 import pytest
 
 from pipeline.errors import DataError
 from pipeline.evidence.readme import render, stale_blocks
 from tests.helpers.project import ROOT
-
 
 README = """# Project
 

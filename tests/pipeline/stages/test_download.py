@@ -18,12 +18,10 @@ import scipy.io
 from PIL import Image
 
 import pipeline.stages.download as dl
-from pipeline.params import load, replace
 from pipeline.fetch import DownloadError
+from pipeline.params import load, replace
 from tests.helpers.archives import make_tar, md5, png_bytes, voc_mask, voc_tar
 from tests.helpers.http_server import FileServer
-
-
 
 
 def mat_bytes(mask: np.ndarray) -> bytes:

@@ -12,10 +12,9 @@ import yaml
 from pipeline import params
 from pipeline.errors import DataError, UsageError
 from pipeline.stages.inputs import INPUT_KEYS, is_pipelines, own_dir, resolve_inputs
-from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
 from tests.helpers.project import ROOT
-
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric, Param
@@ -15,9 +14,9 @@ from pipeline import params
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import write_report
 from pipeline.train.fit import fit
+from tests.helpers.project import ROOT
 from tests.helpers.smoke import paths
 from tests.helpers.smoke import tiny_cfg as untracked_cfg
-from tests.helpers.project import ROOT
 
 
 def smoke(**overrides):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import params
-from pipeline.train.loaders import read_split_file
 from ddfp.data.masks import classes_present, read_mask
 from ddfp.data.spec import SYNTHETIC_CLASSES, get_spec
+from pipeline import params
 from pipeline.errors import DataError
-from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.splits import read_published, run_splits
+from pipeline.stages.synthetic import write_synthetic
+from pipeline.train.loaders import read_split_file
 
 PASCAL_IDS = [f"2007_{i:06d}" for i in range(12)]
 

@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 import pipeline.stages.weights as weights
-from pipeline.params import load, replace
 from pipeline.fetch import ChecksumError
+from pipeline.params import load, replace
 from tests.helpers.http_server import FileServer
 
 

@@ -17,12 +17,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import params
 from ddfp import config
-from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
+from pipeline import params
 from pipeline.sweep.launch import run_sweep
-from tests.helpers.services import require_service
+from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
 from tests.helpers.project import ROOT
+from tests.helpers.services import require_service
 
 FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
 

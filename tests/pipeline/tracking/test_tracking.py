@@ -12,19 +12,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import params
-from pipeline.stages.evaluate import run_evaluate
 from pipeline.evidence.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
-from pipeline.stages.report import markdown_table, summarise, write_report
 from pipeline.secrets import redact
-from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker, dvc_hashes, group_hash
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.stages.report import markdown_table, summarise, write_report
 from pipeline.tracking.spool import Spool
+from pipeline.tracking.identity import dvc_hashes, group_hash
+from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker
 from pipeline.train.fit import fit
 from tests.helpers.mlflow_server import MlflowServer, free_port
+from tests.helpers.project import ROOT
 from tests.helpers.services import require_service
 from tests.helpers.smoke import paths
 from tests.helpers.smoke import tiny_cfg as untracked_cfg
-from tests.helpers.project import ROOT
-
 
 
 def tiny_cfg(**overrides):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import checkpoint
 from pipeline.errors import DataError
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.tracking.tracker import NullTracker
+from pipeline.train import checkpoint
 from pipeline.train.fit import fit
 from pipeline.train.trainer import Progress, RunPaths, Trainer
 from tests.helpers.services import require_service

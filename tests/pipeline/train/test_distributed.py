@@ -6,15 +6,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline import params
 from ddfp.data.spec import get_spec
-from ddfp.model import build_model
+from ddfp.model.deeplab import build_model
+from pipeline import params
+from pipeline.stages.splits import run_splits
+from pipeline.stages.synthetic import write_synthetic
 from pipeline.train import distributed
 from pipeline.train.distributed import DistEnv, env_from, shard
-from pipeline.train.validation import confusion
 from pipeline.train.loaders import val_loader
-from pipeline.stages.synthetic import write_synthetic
-from pipeline.stages.splits import run_splits
+from pipeline.train.validation import confusion
 
 
 def test_env_from_torchrun_submitit_and_nothing():

@@ -110,8 +110,8 @@ def test_schedules():
 def test_an_iteration_budget_gives_every_split_the_same_schedule(tiny_data, tmp_path):
     # Epoch length is |unlabelled| / batch by default, so a split with more labels would train fewer
     # iterations; train.iters_per_epoch fixes the budget whatever the split sizes.
-    from pipeline.train.trainer import Trainer
     from pipeline.tracking.tracker import NullTracker
+    from pipeline.train.trainer import Trainer
 
     cfg = tiny_cfg(**{"train.iters_per_epoch": 3})
     tr = Trainer(cfg, paths(tiny_data, tmp_path), NullTracker(), torch.device("cpu"))
