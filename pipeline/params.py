@@ -22,7 +22,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ddfp.config import ConfigError, Method, MethodConfig
 from pipeline.secrets import redact_values
-from pipeline.sections import DownloadConfig, RunConfig, SlurmConfig, SweepConfig, TrackingConfig
+from pipeline.sections import (
+    DownloadConfig,
+    RunConfig,
+    SlurmConfig,
+    SweepConfig,
+    TrackingConfig,
+)
 
 # Shipped inside the package, so that an installed `ddfp` (not only a checkout) knows its profiles.
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"

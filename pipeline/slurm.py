@@ -63,7 +63,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         env = distributed.init(cfg.run.device)
         try:
-            return fit(cfg, paths, progress=False, dist=env, stop=stop)
+            return fit(cfg, paths, dist=env, stop=stop)  # progress: plain lines in the job log (rank 0)
         except Interrupted:
             try:
                 if callable(requeue):

@@ -52,7 +52,9 @@ def run_download(cfg: Config, root: Path) -> None:
     check_mirror(cfg.download)
     dataset = cfg.data.dataset
     if dataset == "synthetic" and not cfg.download.files:
-        from pipeline.stages.synthetic import write_synthetic  # generated, nothing to fetch
+        from pipeline.stages.synthetic import (
+            write_synthetic,  # generated, nothing to fetch
+        )
 
         write_synthetic(cfg, root)
         return

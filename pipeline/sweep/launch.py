@@ -17,7 +17,15 @@ from ddfp.config import ConfigError
 from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, refuse_literal_secret
 from pipeline.sweep.outputs import write_outputs
-from pipeline.sweep.study import SweepError, SweepPaths, budget, load_study, run_worker, storage_url, trial_config
+from pipeline.sweep.study import (
+    SweepError,
+    SweepPaths,
+    budget,
+    load_study,
+    run_worker,
+    storage_url,
+    trial_config,
+)
 from pipeline.sweep.tracking import finish_parent_run, open_parent_run
 
 

@@ -23,6 +23,7 @@ from pipeline.secrets import redact
 from pipeline.tracking.identity import RunInfo, dvc_hashes, project_dir
 from pipeline.tracking.tracker import NullTracker, Tracker, open_tracker
 from pipeline.train import distributed, runlock
+from pipeline.train.console import PlainProgress, progress_bar
 from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.trainer import Progress, RunPaths, Trainer
 
@@ -60,7 +61,8 @@ class FitSummary:
         return {k: getattr(self, k) for k in keys + (["rank", "student_digest"] if self.rank is not None else [])}
 
 
-def _train_epoch(tr: Trainer, p: Progress, bar: tqdm, on_eval: OnEval | None, stop: StopFlag | None) -> None:
+def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: OnEval | None,
+                 stop: StopFlag | None) -> None:
     """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
     cfg = tr.cfg
     phase = Phase.at_epoch(p.epoch, cfg)
@@ -141,8 +143,7 @@ def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, 
     p = tr.try_resume()
     _start_tracking(tr, parent_run_id)
     try:
-        with tqdm(total=tr.max_iters, initial=p.iteration, desc=f"train {cfg.train.method}",
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(tr.max_iters, p.iteration, f"train {cfg.train.method}", progress) as bar:
             while not tr.finished(p) and p.epoch < cfg.train.epochs:
                 _train_epoch(tr, p, bar, on_eval, stop)
         if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends

@@ -74,7 +74,8 @@ class Learner:
         seed_everything(cfg.train.seed)
         # The library is handed tensors, never paths: the ImageNet file is read here.
         state = torch.load(weights, map_location="cpu", weights_only=True) if weights else None
-        student = distributed.prepare_student(build_model(cfg.model, cfg.spec.num_classes, state).to(device), dist, device)
+        model = build_model(cfg.model, cfg.spec.num_classes, state).to(device)
+        student = distributed.prepare_student(model, dist, device)
         flow = DensityEstimator(cfg.flow, cfg.model.head_channels, cfg.spec.num_classes).to(device)
         distributed.broadcast_module(flow, dist)
         self.models = Models(student, make_teacher(student).to(device), flow)

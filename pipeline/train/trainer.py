@@ -22,6 +22,7 @@ from pipeline.secrets import redact_tree
 from pipeline.tracking.tracker import Tracker
 from pipeline.train import checkpoint, distributed
 from pipeline.train.code_version import code_digest
+from pipeline.train.console import PlainProgress
 from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.learner import Learner, StepResult
 from pipeline.train.loaders import TrainLoaders, train_loaders, val_loader
@@ -148,7 +149,7 @@ class Trainer:
         to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
         return Batch(to(bl["img"]), to(bl["mask"]), to(bu["img_w"]), to(bu["img_s"]), to(bu["ignore"]))
 
-    def log(self, logs: dict[str, torch.Tensor], progress: Progress, bar: tqdm) -> None:
+    def log(self, logs: dict[str, torch.Tensor], progress: Progress, bar: tqdm | PlainProgress) -> None:
         row = {k: round(float(v), 6) for k, v in logs.items()}
         opt_seg, opt_flow = self.learner.opt_seg, self.learner.opt_flow
         row.update(iteration=progress.iteration, epoch=progress.epoch, lr=opt_seg.param_groups[0]["lr"],

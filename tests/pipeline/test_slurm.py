@@ -108,6 +108,11 @@ def test_job_array_over_two_splits(cluster, data, tmp_path):
     print(f"array of 2: {time.time() - t0:.1f} s")
     assert [r.iterations for r in results] == [3, 3]
     assert all((tmp_path / s / "last.pt").is_file() for s in runs)
+    # The job log (a file, not a terminal) shows where training is: one plain line per logged iteration
+    # (smoke() logs every iteration), never a carriage-return bar.
+    for job in jobs:
+        log = job.stderr() or ""
+        assert "\r" not in log and "train ddfp: iteration 3/3 (100%), loss " in log, log[-2000:]
 
 
 def test_cancelled_job_fails_ddfp_submit_clearly(cluster, data, tmp_path):

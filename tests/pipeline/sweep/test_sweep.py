@@ -20,7 +20,13 @@ from optuna.trial import TrialState
 from ddfp import config
 from pipeline import params
 from pipeline.sweep.launch import run_sweep
-from pipeline.sweep.study import SweepPaths, budget, open_storage, retried_trial, trial_config
+from pipeline.sweep.study import (
+    SweepPaths,
+    budget,
+    open_storage,
+    retried_trial,
+    trial_config,
+)
 from tests.helpers.project import ROOT
 from tests.helpers.services import require_service
 

@@ -12,12 +12,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import params
-from pipeline.evidence.mlflow_picture import chromium, missing_browser, scroll_metrics_to_val_miou, wait_for_text
+from pipeline.evidence.mlflow_picture import (
+    chromium,
+    missing_browser,
+    scroll_metrics_to_val_miou,
+    wait_for_text,
+)
 from pipeline.secrets import redact
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import markdown_table, summarise, write_report
-from pipeline.tracking.spool import Spool
 from pipeline.tracking.identity import dvc_hashes, group_hash
+from pipeline.tracking.spool import Spool
 from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker
 from pipeline.train.fit import fit
 from tests.helpers.mlflow_server import MlflowServer, free_port

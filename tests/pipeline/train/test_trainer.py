@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,13 @@ def test_an_iteration_budget_gives_every_split_the_same_schedule(tiny_data, tmp_
     default = Trainer(tiny_cfg(), paths(tiny_data, tmp_path), NullTracker(), torch.device("cpu"))
     n_unlabelled = len((tiny_data / "splits" / "8" / "unlabeled.txt").read_text().splitlines())
     assert default.iters_per_epoch == n_unlabelled // cfg.train.batch_size
+
+
+def test_a_log_file_gets_one_plain_progress_line_per_logged_iteration(tiny_data, tmp_path, capsys):
+    # What a SLURM job log or `dvc repro > file` shows: readable lines, no carriage-return redraws.
+    fit(tiny_cfg(**{"train.max_iters": 6, "run.log_every": 2}), paths(tiny_data, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("train ddfp: iteration ")]
+    assert [line.split()[3] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert all(re.search(r", loss \d+\.\d{3}, .*\d+\.\d\d it/s, ETA (\d+m\d\ds|\?)$", line) for line in lines), lines
