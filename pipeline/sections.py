@@ -73,6 +73,9 @@ class SlurmConfig(Section):
     time_min: int = Field(default=60, ge=1, description="time limit per run; longer training is requeued")
     signal_delay_s: int = Field(default=120, ge=10, description="USR2 this long before the limit: save and requeue")
     constraint: str | None = None
+    array_parallelism: int | None = Field(
+        default=None, ge=1, description="most tasks of one job array running at once (sbatch --array=...%N), so "
+        "many runs (`ddfp submit`, sweep workers) do not flood a shared partition; null: no cap")
     additional_parameters: dict[str, str | int | bool] = Field(
         default_factory=dict, description="more sbatch options, e.g. {exclusive: true, reservation: x}"
     )

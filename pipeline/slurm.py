@@ -95,7 +95,8 @@ def make_executor(cfg: Config, name: str) -> submitit.AutoExecutor:
     folder = Path(s.folder).absolute()
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_num_timeout)
     optional = {"slurm_partition": s.partition, "slurm_account": s.account, "slurm_qos": s.qos,
-                "slurm_constraint": s.constraint, "mem_gb": s.mem_gb, "gpus_per_node": s.gpus_per_node or None}
+                "slurm_constraint": s.constraint, "mem_gb": s.mem_gb, "gpus_per_node": s.gpus_per_node or None,
+                "slurm_array_parallelism": s.array_parallelism}
     executor.update_parameters(
         name=name, nodes=s.nodes, tasks_per_node=s.tasks_per_node, cpus_per_task=s.cpus_per_task,
         timeout_min=s.time_min, slurm_signal_delay_s=s.signal_delay_s, slurm_setup=list(s.setup),

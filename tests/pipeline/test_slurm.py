@@ -158,3 +158,20 @@ def test_no_password_reaches_the_submitit_folder(cluster, data, tmp_path):
     assert not [p for p in files if SECRET.encode() in p.read_bytes()]
     with pytest.raises(config.ConfigError, match="slurm.setup"):
         submit_training(smoke(tmp_path, **{"slurm.setup": [f"export DB=postgresql://u:{SECRET}@h/db"]}), {})
+
+
+def test_array_parallelism_caps_the_running_tasks(cluster, data, tmp_path):
+    # Without the cap the two tasks run side by side on this 2-CPU cluster (test_job_array_over_two_splits).
+    cfg = smoke(tmp_path, **{"train.max_iters": 3, "slurm.array_parallelism": 1})
+    jobs = submit_training(cfg, {s: run_paths(data, tmp_path / s, s) for s in ("8", "16")})
+    array = jobs[0].job_id.split("_")[0]
+    most = 0
+    while not all(j.done() for j in jobs):
+        out = subprocess.run(["squeue", "-h", "-j", array, "-t", "RUNNING", "-o", "%i"], capture_output=True,
+                             text=True).stdout.split()
+        most = max(most, len(out))
+        time.sleep(0.5)
+    assert [r.iterations for r in wait(jobs, ["8", "16"], poll_s=1)] == [3, 3]
+    assert most == 1
+    script = next((tmp_path / "slurm").rglob("*_submission.sh"))  # smoke(): slurm.folder under tmp_path
+    assert "#SBATCH --array=0-1%1" in script.read_text()
