@@ -50,11 +50,13 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     tracker.attach(state.get("run_id"))
     tracker.flush()
     run_id = tracker.run_id or state.get("run_id")
+    best, best_epoch = best_evaluation(state["evals"], reported, results[reported]["miou"], state["epoch"])
     metrics = {
         "val_miou": results[reported]["miou"], "reported_model": reported, "method": trained.train.method,
         "split": split_dir.name, "dataset": trained.data.dataset, "seed": trained.train.seed,
         "iterations": state["iteration"], "run_id": run_id,
         **{f"val_miou_{k}": v["miou"] for k, v in results.items()},
+        "val_miou_best": best, "best_epoch": best_epoch,
         "per_class_iou": results[reported]["iou"],
     }
     write_json_atomic(metrics, out)
@@ -64,6 +66,14 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
         log_evaluation(tracker, trained, metrics, results, ckpt, models[reported], loader, device)
         tracker.flush()
     return metrics
+
+
+def best_evaluation(evals: list[dict[str, Any]], model: str, final_miou: float, final_epoch: int) -> tuple[float, int]:
+    """The reported model's best val mIoU over the training's evaluations and the final one, with its
+    epoch (the first on a tie). The authors, like UniMatch, report this; the pipeline's val_miou is
+    the final model's. Training evaluations used the eval settings of their time."""
+    scored = [(e[f"val_miou_{model}"], e["epoch"]) for e in evals if f"val_miou_{model}" in e]
+    return max([*scored, (final_miou, final_epoch)], key=lambda s: s[0])
 
 
 def trained_models(state: dict[str, Any], trained: Config, device: torch.device) -> dict[str, nn.Module]:
@@ -99,7 +109,7 @@ def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], resul
                    model: nn.Module, loader: DataLoader, device: torch.device) -> None:
     """Final numbers, per-class IoU of both models, figures and the checkpoint (or its path)."""
     step = int(metrics["iterations"])
-    scalars = {k: v for k, v in metrics.items() if k.startswith("val_miou")}
+    scalars = {k: v for k, v in metrics.items() if k.startswith("val_miou") or k == "best_epoch"}
     per_class = {f"final_iou_{m}/{c}": v for m, r in results.items() for c, v in r["iou"].items()}
     tracker.log_metrics({**scalars, **per_class}, step)
     names = cfg.spec.class_names

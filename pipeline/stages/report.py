@@ -66,7 +66,9 @@ def run_row(split: str, metrics: dict[str, Any], run: dict[str, Any]) -> dict[st
     iou = {f"{metrics['reported_model']}/{k}": v for k, v in metrics["per_class_iou"].items()}
     return {"split": split, "method": c["train.method"], "seed": c["train.seed"], "eps": c["perturb.eps"],
             "threshold": c["train.conf_thresh"], "backbone": c["model.backbone"], "model": metrics["reported_model"],
-            "iterations": run["iterations"], "val_miou": metrics["val_miou"], "run_id": run["run_id"], **iou}
+            "iterations": run["iterations"], "val_miou": metrics["val_miou"], "run_id": run["run_id"],
+            # absent from metrics written before the evaluate stage recorded the best evaluation
+            "best": metrics.get("val_miou_best"), "best_epoch": metrics.get("best_epoch"), **iou}
 
 
 def load_runs(cfg: Config, metrics_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], list[str]]:
@@ -94,9 +96,10 @@ def labels_of(split: str, order: list[str]) -> int:
     return int(split) if split.isdigit() else order.index(split) + 1
 
 
-def summarise(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Mean, std and count over seeds per (split, method); the paper's value where there is one."""
-    g = frame.groupby(["split", "method"])["val_miou"]
+def summarise(frame: pd.DataFrame, cfg: Config, value: str = "val_miou") -> pd.DataFrame:
+    """Mean, std and count over seeds of `value` (val_miou: the final model; best: the best evaluation
+    over training) per (split, method); the paper's value where there is one."""
+    g = frame.groupby(["split", "method"])[value]
     summary = pd.concat([g.mean().rename("mean"), g.std().rename("std"), g.count().rename("seeds")], axis=1)
     summary = summary.reset_index()
     summary["labels"] = [labels_of(s, cfg.data.splits) for s in summary["split"]]
@@ -152,7 +155,9 @@ def runs_table(frame: pd.DataFrame, cfg: Config) -> str:
         "labels": frame["split"], "method": frame["method"], "seed": frame["seed"].astype(str),
         "eps": frame["eps"].astype(str), "threshold": frame["threshold"].astype(str), "backbone": frame["backbone"],
         "model": frame["model"], "iterations": frame["iterations"].astype(str),
-        "val mIoU": frame["val_miou"].map(lambda v: f"{v:.2f}"), "run": frame["run_id"].fillna("not tracked"),
+        "val mIoU": frame["val_miou"].map(lambda v: f"{v:.2f}"),
+        "best (epoch)": [f"{b:.2f} (epoch {int(e)})" if pd.notna(b) else "" for b, e in zip(frame["best"], frame["best_epoch"])],
+        "run": frame["run_id"].fillna("not tracked"),
     })
     return cells.to_markdown(index=False, disable_numparse=True)
 
@@ -166,17 +171,30 @@ def write_figures(cfg: Config, frame: pd.DataFrame, records: dict[str, dict[str,
     figures.training_curves(curves(records), out_dir / "training_curves.png", title)
 
 
+def best_section(frame: pd.DataFrame, cfg: Config) -> list[str]:
+    """The same table for the best evaluation over training: the protocol of the authors (and of
+    UniMatch), which the paper's numbers follow; the table above is the final model's."""
+    if frame["best"].isna().all():
+        return []
+    return ["## Best evaluation over training\n",
+            "Each run's best val mIoU among its evaluations during training and the final one (epoch in the Runs "
+            "table): the protocol the paper's numbers follow. The table above is the final model's.\n",
+            markdown_table(summarise(frame.dropna(subset=["best"]), cfg, "best"), cfg) + "\n"]
+
+
 def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
     frame, records, missing = load_runs(cfg, metrics_dir)
     parts = [f"# Results: {cfg.data.dataset} ({cfg.profile} profile)\n",
              f"Validation mIoU (%) per number of labelled images, of the runs whose evaluation is in "
-             f"`{metrics_dir}/` (what `dvc repro` evaluated); mean ± std (seeds) where a cell has several seeds. "
+             f"`{metrics_dir}/` (what `dvc repro` evaluated), of the final model; mean ± std (seeds) where a cell has "
+             f"several seeds. "
              f"Each run's own configuration is listed under Runs.\n"]
     if frame.empty:
         parts.append("No split has been evaluated yet.\n")
     else:
         write_figures(cfg, frame, records, out.parent)
-        parts += [markdown_table(summarise(frame, cfg), cfg) + "\n", "## Runs\n", runs_table(frame, cfg) + "\n"]
+        parts += [markdown_table(summarise(frame, cfg), cfg) + "\n", *best_section(frame, cfg),
+                  "## Runs\n", runs_table(frame, cfg) + "\n"]
     if missing:
         parts.append("**Missing runs** (not in the tables):\n\n" + "\n".join(missing) + "\n")
     if not frame.empty:

@@ -11,7 +11,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipeline import params
-from pipeline.stages.evaluate import run_evaluate
+from pipeline.stages.evaluate import best_evaluation, run_evaluate
 from pipeline.stages.report import write_report
 from pipeline.train.fit import fit
 from tests.helpers.project import ROOT
@@ -25,14 +25,16 @@ def smoke(**overrides):
 
 
 
-def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2, method="ddfp"):
-    """metrics/<split>/<method>.json and .run.json in the format run_evaluate writes (checked against it below)."""
+def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2, method="ddfp", best=None):
+    """metrics/<split>/<method>.json and .run.json in the format run_evaluate writes (checked against it below);
+    best: (val mIoU, epoch) of the best evaluation over training, else the last one (miou, epoch 2)."""
     iou = {"background": miou + 1, "stripes": miou - 1}
+    best_miou, best_epoch = best or (miou, 2)
     (metrics_dir / split).mkdir(parents=True, exist_ok=True)
     (metrics_dir / split / f"{method}.json").write_text(json.dumps({
         "val_miou": miou, "reported_model": "teacher", "method": method, "split": split, "dataset": "synthetic",
         "seed": seed, "iterations": 40, "run_id": run_id, "val_miou_student": miou - 2, "val_miou_teacher": miou,
-        "per_class_iou": iou}))
+        "val_miou_best": best_miou, "best_epoch": best_epoch, "per_class_iou": iou}))
     (metrics_dir / split / f"{method}.run.json").write_text(json.dumps({
         "run_id": run_id, "split": split, "iterations": 40, "reported_model": "teacher",
         "config": {"data.dataset": "synthetic", "profile": "smoke", "train.method": method, "train.seed": seed,
@@ -120,6 +122,26 @@ def test_the_report_has_each_method_per_split_and_the_gain_of_ddfp(tmp_path):
     assert "dvc repro evaluate@16-ddfp" in text and "evaluate@8-" not in text
 
 
+def test_the_report_shows_the_last_and_the_best_evaluation_with_the_papers_protocol_named(tmp_path):
+    # The paper (like UniMatch) reports the best evaluation over training; the pipeline reports the last.
+    metrics = tmp_path / "metrics"
+    write_evaluated(metrics, "8", "ddfp8", eps=4.0, miou=34.5, best=(36.25, 1))
+    text = write_report(smoke(**{"data.splits": ["8"], "methods": ["ddfp"]}), metrics,
+                        tmp_path / "reports" / "results.md").read_text()
+    assert table_rows(text)[1] == {"8": ["34.50"]}, text  # the first table: the last evaluation
+    best = text[text.index("## Best evaluation over training"):]
+    assert table_rows(best)[1] == {"8": ["36.25"]}, best
+    assert run_row(text, "ddfp8")[-2:] == ["36.25 (epoch 1)", "ddfp8"], text
+
+
+def test_the_best_evaluation_is_over_training_and_the_final_model():
+    evals = [{"epoch": 1, "val_miou_student": 20.0}, {"epoch": 2, "val_miou_student": 35.0, "val_miou_teacher": 31.0},
+             {"epoch": 3, "val_miou_student": 33.0, "val_miou_teacher": 36.5}]
+    assert best_evaluation(evals, "teacher", final_miou=36.0, final_epoch=4) == (36.5, 3)
+    assert best_evaluation(evals, "student", final_miou=35.0, final_epoch=4) == (35.0, 2)  # a tie: the first
+    assert best_evaluation(evals, "teacher", final_miou=40.0, final_epoch=4) == (40.0, 4)
+
+
 def test_the_summary_prints_the_table_and_where_the_outputs_are(tmp_path):
     # The real command, as `make demo` runs it, in a project folder of its own.
     write_evaluated(tmp_path / "metrics", "8", "sup8", eps=4.0, miou=30.0, method="supervised")
@@ -149,6 +171,9 @@ def test_two_evaluated_runs_with_different_eps_each_show_their_own(tiny_data, tm
     real, fixture = tmp_path / "metrics_eps4", tmp_path / "fixture"
     write_evaluated(fixture, "8", "x", eps=4.0, miou=1.0)
     m, f = (json.loads((d / "8" / "ddfp.json").read_text()) for d in (real, fixture))
+    # 4 iterations end before the first epoch: the final evaluation is the only one, the best too.
+    assert json.loads((real / "8" / "ddfp.run.json").read_text())["evals"] == []
+    assert (m["val_miou_best"], m["best_epoch"]) == (m["val_miou"], 0)
     assert m.keys() == f.keys() and m["per_class_iou"].keys() == {"background", "stripes"} | m["per_class_iou"].keys()
     run = json.loads((real / "8" / "ddfp.run.json").read_text())
     assert run["run_id"] == run_ids[4.0] and run["iterations"] == 4 and run["config"]["perturb.eps"] == 4.0
