@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Collection, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -195,10 +195,12 @@ class MethodConfig(Section):
         return EvalProtocol(self.eval.mode or self.spec.eval_mode, self.eval.crop_size or self.data.crop_size,
                             self.eval.stride_ratio, self.spec.num_classes)
 
-    @property
-    def reported_model(self) -> Literal["teacher", "student"]:
-        """eval.model, except that a supervised run has no teacher: its student is reported."""
-        return "student" if self.train.method == "supervised" else self.eval.model
+    def reported_model(self, evaluated: Collection[str] = ("student", "teacher")) -> Literal["teacher", "student"]:
+        """eval.model where it was evaluated, else the student: a supervised run has no teacher, and
+        a semi-supervised one evaluates none before its teacher trains."""
+        if self.train.method == "supervised" or self.eval.model not in evaluated:
+            return "student"
+        return self.eval.model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe): what checkpoints and trackers store."""

@@ -45,7 +45,7 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     models = trained_models(state, trained, device)
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)
-    reported = trained.reported_model
+    reported = trained.reported_model(results)
     tracker = open_tracker(trained, run_dir=ckpt.parent)
     tracker.attach(state.get("run_id"))
     tracker.flush()

@@ -134,7 +134,8 @@ def final_miou(cfg: Config, summary: FitSummary) -> float:
     if not summary.evaluations:
         raise ValueError("the sweep's schedule ends before any evaluation (check sweep.overrides)")
     row = summary.evaluations[-1]
-    return float(row[f"val_miou_{cfg.reported_model}"])
+    evaluated = {k.removeprefix("val_miou_") for k in row if k.startswith("val_miou_")}
+    return float(row[f"val_miou_{cfg.reported_model(evaluated)}"])
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:

@@ -92,7 +92,7 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: O
         res = tr.evaluate(phase, p)
         tr.save(p)  # before the hook: a sweep's pruner may stop the run here
         if on_eval is not None:
-            on_eval(p.epoch, res[cfg.reported_model]["miou"])
+            on_eval(p.epoch, res[cfg.reported_model(res)]["miou"])
         return
     tr.save(p)
 

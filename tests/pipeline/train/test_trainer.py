@@ -131,3 +131,13 @@ def test_a_log_file_gets_one_plain_progress_line_per_logged_iteration(tiny_data,
     lines = [line for line in err.splitlines() if line.startswith("train ddfp: iteration ")]
     assert [line.split()[3] for line in lines] == ["2/6", "4/6", "6/6"]
     assert all(re.search(r", loss \d+\.\d{3}, .*\d+\.\d\d it/s, ETA (\d+m\d\ds|\?)$", line) for line in lines), lines
+
+
+def test_the_pruning_hook_gets_the_student_while_no_teacher_is_evaluated(tiny_data, tmp_path):
+    # A sweep reports every evaluation: the first (after the supervised epoch) has no teacher yet.
+    seen = []
+    fit(tiny_cfg(**{"train.max_iters": 20, "eval.model": "teacher"}), paths(tiny_data, tmp_path / "run"),
+        progress=False, on_eval=lambda epoch, miou: seen.append((epoch, miou)))
+    evals = json.loads((tmp_path / "run" / "val_log.json").read_text())
+    assert [e["epoch"] for e in evals] == [1, 2] and "val_miou_teacher" not in evals[0]
+    assert seen == [(1, evals[0]["val_miou_student"]), (2, evals[1]["val_miou_teacher"])]
