@@ -12,17 +12,22 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def smoke_project(dest: Path, edit: Callable[[dict], None], env: dict[str, str] | None = None) -> dict[str, str]:
-    """A fresh-clone-like copy of this working tree in `dest` (tracked and untracked, not ignored, files),
-    switched to the smoke profile, its params changed by `edit`, committed to a new git repo; returns
-    the environment its commands run in. PYTHONPATH: the stages run the copy's code, not the
-    checkout's that the venv's editable install points at."""
+def copy_worktree(dest: Path) -> None:
+    """This working tree's files (tracked and untracked, not ignored) into dest, like a fresh clone of it."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
+
+
+def smoke_project(dest: Path, edit: Callable[[dict], None], env: dict[str, str] | None = None) -> dict[str, str]:
+    """A fresh-clone-like copy of this working tree in `dest` (tracked and untracked, not ignored, files),
+    switched to the smoke profile, its params changed by `edit`, committed to a new git repo; returns
+    the environment its commands run in. PYTHONPATH: the stages run the copy's code, not the
+    checkout's that the venv's editable install points at."""
+    copy_worktree(dest)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "PYTHONPATH": str(dest), **(env or {})}
     subprocess.run(["ddfp", "profile", "smoke"], cwd=dest, env=env, capture_output=True, check=True)

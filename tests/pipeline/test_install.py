@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.project import ROOT, ran_stages, run
-
-
-def copy_tree(dest):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes((ROOT / rel).read_bytes())
+from tests.helpers.project import copy_worktree, ran_stages, run
 
 
 def fresh_venv(path):
@@ -35,12 +26,12 @@ def fresh_venv(path):
 @pytest.mark.slow
 def test_an_installed_ddfp_runs_the_smoke_pipeline_from_a_copy(tmp_path):
     src, work = tmp_path / "src", tmp_path / "work"
-    copy_tree(src)
+    copy_worktree(src)
     bin_dir = fresh_venv(tmp_path / "venv")
     run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-deps",
          "--no-build-isolation", str(src)],
         tmp_path, dict(os.environ))
-    copy_tree(work)
+    copy_worktree(work)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # The new venv's `ddfp` first; DVC itself from this venv, after it.
     env.update(PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
