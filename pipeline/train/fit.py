@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -25,18 +25,12 @@ from pipeline.tracking.tracker import NullTracker, Tracker, open_tracker
 from pipeline.train import distributed, runlock
 from pipeline.train.console import PlainProgress, progress_bar
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.train.trainer import Progress, RunPaths, Trainer
+from pipeline.train.trainer import Progress, RunPaths, StopFlag, Trainer
 
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped at an iteration boundary on request (SLURM's USR2 before a time limit or a
     preemption), after saving: like Ctrl-C, an outside stop, not a failure."""
-
-
-class StopFlag(Protocol):
-    """Set from outside (a signal handler's threading.Event): stop at the next iteration boundary."""
-
-    def is_set(self) -> bool: ...
 
 
 OnEval = Callable[[int, float], None]
@@ -88,13 +82,29 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: O
         tr.save(p)  # stopped early by train.max_iters
         return
     p.next_epoch()
-    if p.epoch % cfg.run.eval_every == 0 or p.epoch == cfg.train.epochs:
-        res = tr.evaluate(phase, p)
-        tr.save(p)  # before the hook: a sweep's pruner may stop the run here
-        if on_eval is not None:
-            on_eval(p.epoch, res[cfg.reported_model(res)]["miou"])
+    if _evaluation_due(tr, p):
+        _evaluate(tr, p, on_eval, stop)
         return
     tr.save(p)
+
+
+def _evaluation_due(tr: Trainer, p: Progress) -> bool:
+    """Whether the epoch just completed is evaluated and has no evaluation yet (a stop during it,
+    or a resume from the checkpoint saved then, leaves it to do)."""
+    epochs, every = tr.cfg.train.epochs, tr.cfg.run.eval_every
+    at_end = p.epoch > 0 and p.iter_in_epoch == 0 and (p.epoch % every == 0 or p.epoch == epochs)
+    return at_end and not any(row["epoch"] == p.epoch for row in tr.evals)
+
+
+def _evaluate(tr: Trainer, p: Progress, on_eval: OnEval | None, stop: StopFlag | None) -> None:
+    """Evaluate the completed epoch and save. A stop request during the evaluation saves the epoch's
+    end without it and raises Interrupted: the resumed run evaluates first (_evaluation_due)."""
+    res = tr.evaluate(Phase.at_epoch(p.epoch - 1, tr.cfg), p, stop)
+    tr.save(p)  # before the hook: a sweep's pruner may stop the run here
+    if res is None:
+        raise Interrupted(f"stopped during the evaluation of epoch {p.epoch} on request")
+    if on_eval is not None:
+        on_eval(p.epoch, res[tr.cfg.reported_model(res)]["miou"])
 
 
 def write_config_artifact(cfg: Config, tracker: Tracker) -> None:
@@ -143,6 +153,8 @@ def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, 
     p = tr.try_resume()
     _start_tracking(tr, parent_run_id)
     try:
+        if _evaluation_due(tr, p):
+            _evaluate(tr, p, on_eval, stop)
         with progress_bar(tr.max_iters, p.iteration, f"train {cfg.train.method}", progress) as bar:
             while not tr.finished(p) and p.epoch < cfg.train.epochs:
                 _train_epoch(tr, p, bar, on_eval, stop)

@@ -81,4 +81,7 @@ def val_loader(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, wor
     lines = read_split_file(split_dir / "val.txt")
     ds = SegDataset(data_root, [lines[i] for i in shard(len(lines), rank, world_size)], "val", cfg.data.crop_size,
                     cfg.data.scale_range, num_classes)
-    return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.run.num_workers)
+    # A private generator, as for training: iterating draws nothing from the global RNG (dropout's), so
+    # an evaluation abandoned on a stop request and redone after the resume leaves the run bit-exact.
+    return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.run.num_workers,
+                      generator=torch.Generator().manual_seed(0))

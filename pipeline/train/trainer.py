@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -25,8 +25,14 @@ from pipeline.train.code_version import code_digest
 from pipeline.train.console import PlainProgress
 from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.learner import Learner, StepResult
-from pipeline.train.loaders import TrainLoaders, train_loaders, val_loader
-from pipeline.train.validation import evaluate_models
+from pipeline.train.loaders import TrainLoaders, read_split_file, train_loaders, val_loader
+from pipeline.train.validation import StopCheck, evaluate_models
+
+
+class StopFlag(Protocol):
+    """Set from outside (a signal handler's threading.Event): stop at the next iteration boundary."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class Trainer:
         # The loaders draw nothing from the global RNG, so the models' initialisation stays seeded.
         self.loaders: TrainLoaders = train_loaders(cfg, paths.data_root, paths.split_dir, dist.rank, dist.world_size)
         self.val = val_loader(cfg, paths.data_root, paths.split_dir, dist.rank, dist.world_size)
+        self.val_lines = len(read_split_file(paths.split_dir / "val.txt"))  # over all ranks
         self.iters_per_epoch = self.loaders.iters_per_epoch
         self.learner = Learner(cfg, device, self.iters_per_epoch, dist, paths.weights)
         self.total_iters = self.learner.total_iters
@@ -159,14 +166,27 @@ class Trainer:
         self.tracker.log_metrics({k: v for k, v in row.items() if k not in ("iteration", "epoch")}, progress.iteration)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "flow_bpd", "confident_ratio") if k in row})
 
-    def evaluate(self, phase: Phase, progress: Progress) -> dict[str, Any]:
-        """Validate after an epoch of `phase`: the student, and the teacher once that phase trains it."""
+    def stop_check(self, stop: StopFlag | None) -> StopCheck | None:
+        """The evaluation's stop check: every rank asks together (one tiny all_reduce) before each of
+        the batches that every rank has; shards differ by at most one image, so a rank's last batch
+        may be one the others lack, and a collective there would wait forever."""
+        if stop is None:
+            return None
+        lines, ranks = self.val_lines, self.dist.world_size
+        common = math.ceil((lines // ranks) / self.cfg.eval.batch_size)
+        return lambda i: i < common and distributed.agree(self.dist, stop.is_set(), self.device)
+
+    def evaluate(self, phase: Phase, progress: Progress, stop: StopFlag | None = None) -> dict[str, Any] | None:
+        """Validate after an epoch of `phase`: the student, and the teacher once that phase trains it.
+        None, with nothing recorded, when `stop` was set during it."""
         models = {"student": self.learner.models.student}
         if phase.semi:
             models["teacher"] = self.learner.models.teacher
         for model in models.values():
             distributed.broadcast_buffers(model, self.dist)  # every val shard sees rank 0's BN statistics
-        res = evaluate_models(models, self.val, self.cfg, self.device)
+        res = evaluate_models(models, self.val, self.cfg, self.device, self.stop_check(stop))
+        if res is None:
+            return None
         scores = {f"val_miou_{k}": v["miou"] for k, v in res.items()}
         self.evals.append({"epoch": progress.epoch, "iteration": progress.iteration, **scores})
         per_class = {f"iou_{model}/{cls}": iou for model, r in res.items() for cls, iou in r["iou"].items()}
@@ -176,4 +196,4 @@ class Trainer:
         return res
 
 
-__all__ = ["Progress", "RunPaths", "Trainer", "fingerprint"]
+__all__ = ["Progress", "RunPaths", "StopFlag", "Trainer", "fingerprint"]

@@ -9,7 +9,7 @@ import torch
 from ddfp.schedule import flow_lr, poly_lr
 from ddfp.step import Phase
 from pipeline.evidence.bench import random_batch
-from pipeline.train.fit import FitSummary, fit
+from pipeline.train.fit import FitSummary, Interrupted, fit
 from pipeline.train.learner import Learner
 from tests.helpers.smoke import paths, tiny_cfg
 
@@ -55,6 +55,31 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert_same(states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt"))
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert {"flow_bpd", "nll_query", "nll_after", "delta_norm", "confident_ratio"} <= set(log[-1])
+
+
+class StopAtCall:
+    """A stop flag that turns on at its n-th reading (fit reads it once per iteration, then once per
+    evaluation batch): a SLURM stop request arriving at a chosen point."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def test_a_stop_during_the_evaluation_saves_and_the_resume_evaluates_first(tiny_data, tmp_path):
+    # 10 iterations an epoch: the 11th reading is the first batch of epoch 1's evaluation.
+    cfg = tiny_cfg(**{"train.max_iters": 25})
+    straight = fit(cfg, paths(tiny_data, tmp_path / "a"), progress=False)
+    with pytest.raises(Interrupted, match="during the evaluation of epoch 1"):
+        fit(cfg, paths(tiny_data, tmp_path / "b"), progress=False, stop=StopAtCall(11))
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert (saved["iteration"], saved["epoch"], saved["evals"]) == (10, 1, [])  # the epoch's end, not evaluated
+    resumed = fit(cfg, paths(tiny_data, tmp_path / "b"), progress=False)
+    assert resumed.iterations == 25 and resumed.evaluations == straight.evaluations  # epochs 1 and 2
+    assert_same(states(tmp_path / "a" / "last.pt"), states(tmp_path / "b" / "last.pt"))
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_data, tmp_path, capsys):
