@@ -1,9 +1,9 @@
 #!/bin/bash
 # A second, separate SLURM cluster of TWO nodes on this one machine (Debian 12, slurm-wlm 22.05.8),
 # run as root, no systemd: for multi-node jobs (tests/pipeline/test_multinode.py) and by hand.
-# It shares nothing with slurm/start_cluster.sh's cluster, so stopping either leaves the other working:
-# its own munged (own socket, same key),
-# its own config ($DIR/slurm.conf: use it with SLURM_CONF=$DIR/slurm.conf), ClusterName ddfp2n,
+# It shares nothing with slurm/start_cluster.sh's cluster, so stopping either leaves the other
+# working: its own munged (own socket, same key), its own config ($DIR/slurm.conf: use it with
+# SLURM_CONF=$DIR/slurm.conf), ClusterName ddfp2n,
 # ports 7817 (slurmctld), 7818 and 7819 (one slurmd per node), state, spool, pid and log files
 # under $DIR. No accounting (no slurmdbd): sacct answers nothing, so submitit knows a job is over
 # by its result files, and squeue/scontrol show the live state.
