@@ -5,12 +5,12 @@
 # Used by the `slurm`-marked tests (tests/pipeline/test_slurm.py) and by hand; stop with slurm/stop_cluster.sh.
 # Idempotent: exits at once when the cluster already answers.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 if timeout 3 sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)'; then echo "cluster already up"; exit 0; fi
 ACCOUNTING=${ACCOUNTING:-1}
 NCPU=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) * 9 / 10 ))
 t0=$(date +%s.%N)
-waitfor() { local n=0; until eval "$1" >/dev/null 2>&1; do n=$((n+1)); [ $n -gt 150 ] && { echo "timeout: $1"; exit 1; }; sleep 0.2; done; }
 
 mkdir -p /etc/slurm /run/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 mkdir -m 755 -p /run/munge && chown munge:munge /run/munge
@@ -63,10 +63,6 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$MEM_MB State=UNKNOW
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-# Daemons get /dev/null for stdio (they log to files): a caller reading this script's output
-# (pytest's capture, a pipe) must see EOF when the script ends.
-QUIET='</dev/null >/dev/null 2>&1'
 alive /run/munge/munged.pid || eval runuser -u munge -- /usr/sbin/munged "$QUIET"
 waitfor "munge -n | unmunge"
 echo "munged up ($(cat /run/munge/munged.pid))"
@@ -102,5 +98,5 @@ fi
 alive /run/slurm/slurmctld.pid || eval /usr/sbin/slurmctld "$QUIET"
 alive /run/slurm/slurmd.pid || eval /usr/sbin/slurmd -N localhost "$QUIET"      # node name 'localhost' whatever the machine's hostname is
 waitfor "sinfo -h -o %T | grep -q -E '^idle'"
-echo "slurmctld ($(cat /run/slurm/slurmctld.pid)) + slurmd ($(cat /run/slurm/slurmd.pid)) up; cluster ready in $(awk -v a="$(date +%s.%N)" -v b="$t0" "BEGIN {printf \"%.1f\", a - b}") s"
+echo "slurmctld ($(cat /run/slurm/slurmctld.pid)) + slurmd ($(cat /run/slurm/slurmd.pid)) up; cluster ready in $(since "$t0") s"
 sinfo

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -9,10 +7,10 @@ from pipeline import params
 from pipeline.stages.splits import run_splits
 from pipeline.stages.synthetic import write_synthetic
 from pipeline.stages.weights import run_weights
+from tests.helpers import slurm
 from tests.helpers.http_server import FileServer
-from tests.helpers.project import ROOT, smoke_project
+from tests.helpers.project import smoke_project
 from tests.helpers.services import SERVICE_REASONS, require_service
-from tests.helpers.slurm import missing_cluster
 
 # The service tests skipped on this machine, by node id, with the reason (one of SERVICE_REASONS).
 SKIPPED_SERVICES: dict[str, str] = {}
@@ -82,11 +80,20 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cluster():
     """The one-node SLURM cluster (slurm/start_cluster.sh), started once for the session."""
-    require_service(missing_cluster())
-    t0 = time.time()
-    res = subprocess.run(["bash", str(ROOT / "slurm" / "start_cluster.sh")], capture_output=True, text=True)
-    assert res.returncode == 0, f"start_cluster.sh failed:\n{res.stdout}\n{res.stderr}"
-    print(f"\nSLURM cluster up in {time.time() - t0:.1f} s")
+    require_service(slurm.missing_cluster())
+    ours = slurm.start("start_cluster.sh")
     yield
-    if "already up" not in res.stdout:  # stop only what this session started
-        subprocess.run(["bash", str(ROOT / "slurm" / "stop_cluster.sh")], check=False)
+    if ours:  # stop only what this session started
+        slurm.stop("stop_cluster.sh")
+
+
+@pytest.fixture(scope="session")
+def two_nodes() -> Path:
+    """A second, separate SLURM cluster of two nodes on this machine (slurm/start_two_nodes.sh),
+    started once for the session; its config file. Only a test that sets SLURM_CONF to it talks to
+    it: every other SLURM test keeps using the one-node cluster."""
+    require_service(slurm.missing_cluster(slurm.TWO_NODE_DAEMONS))
+    ours = slurm.start("start_two_nodes.sh")
+    yield slurm.TWO_NODES_CONF
+    if ours:
+        slurm.stop("stop_two_nodes.sh")
