@@ -13,13 +13,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline import params
-from pipeline.errors import EXIT_CODES, EXIT_INTERRUPTED, DataError, failure
+from pipeline.errors import EXIT_CODES, EXIT_INTERRUPTED, failure
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.stages.inputs import INPUTS_RULE
+
+if TYPE_CHECKING:  # torch loads only in the commands that train
+    from pipeline.train.trainer import RunPaths
 
 # The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
 LAYOUT = {"data": Path("data/dataset"), "splits": Path("data/splits"), "weights": Path("data/weights"),
@@ -39,15 +42,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def cmd_profile(args: argparse.Namespace) -> None:
     """Rewrite params.yaml as the full config of a named profile (the whole pipeline follows)."""
-    from pipeline.files import write_text_atomic
-
-    cfg = params.load(None, args.name)
-    header = (f"# Active configuration: profile '{args.name}' (pipeline/profiles/{args.name}.yaml), written out in\n"
-              "# full by `ddfp profile` because DVC reads every declared param from this file. Switch with\n"
-              "# `ddfp profile <demo|smoke|pascal|cityscapes>`. An edit here is a local experiment; a lasting\n"
-              "# change of the demo goes into its profile, then `ddfp profile demo` (a test checks the two agree).\n")
-    write_text_atomic(args.params, header + params.dump_yaml(cfg))
-    print(f"{args.params}: now profile {args.name}")
+    print(params.write_profile(args.name, args.params))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -72,19 +67,32 @@ def cmd_weights(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.stages.train import run_train
 
-    summary = run_train(load_config(args), args.data, args.split_dir, args.out, args.weights)
+    summary = run_train(*train_invocation(args))
     if summary is not None:
         print(json.dumps(summary.scalars(), indent=2))
 
 
-def cmd_submit(args: argparse.Namespace) -> None:
-    from pipeline.stages.train import run_submit
+def train_invocation(args: argparse.Namespace | list[str]) -> tuple[Config, RunPaths]:
+    """What `ddfp train` trains with these arguments (or argv: a train stage's command in dvc.yaml)."""
+    from pipeline.stages.train import run_paths
 
+    args = build_parser().parse_args(args) if isinstance(args, list) else args
     cfg = load_config(args)
-    splits = args.splits.split(",") if args.splits else cfg.data.splits
-    results = run_submit(cfg, args.data, args.splits_dir, args.runs, args.weights_dir, splits, not args.no_wait)
-    if results is not None:
-        print(json.dumps({s: r.scalars() for s, r in results.items()}, indent=2))
+    return cfg, run_paths(cfg, args.data, args.split_dir, args.out, args.weights)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from pipeline.repro import run_submit
+    from pipeline.status import every
+
+    recorded = run_submit(load_config(args), Path.cwd(), train_invocation, not args.no_wait, every(args.status_every))
+    print(json.dumps({"recorded": recorded}))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from pipeline.status import find_runs, status_table
+
+    print(status_table(find_runs(args.runs), Path.cwd()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -101,16 +109,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_readme(args: argparse.Namespace) -> None:
-    from pipeline.evidence.readme import stale_blocks, update
+    from pipeline.evidence.readme import run_readme
 
-    if args.check:
-        stale = stale_blocks(args.readme, args.readme.parent)
-        if stale:
-            raise DataError(f"{args.readme}: the blocks of {', '.join(stale)} differ from the reports; "
-                            "run `ddfp readme`")
-        return
-    stale = update(args.readme, args.readme.parent)
-    print(f"{args.readme}: " + (f"updated from {', '.join(stale)}" if stale else "up to date"))
+    print(run_readme(args.readme, args.check))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -234,13 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default: README.md)")
     p.add_argument("--check", action="store_true", help="only fail (exit 3) if a block is stale")
     p.set_defaults(fn=cmd_readme)
-    p = add("submit", cmd_submit, "train splits on SLURM (one job array) and wait for them")
-    p.add_argument("--splits", help="comma list (default: data.splits)")
-    p.add_argument("--data", type=Path, default=LAYOUT["data"], help="dataset root")
-    p.add_argument("--splits-dir", type=Path, default=LAYOUT["splits"], help="holds <split>/labeled.txt ...")
-    p.add_argument("--weights-dir", type=Path, default=LAYOUT["weights"], help="holds <backbone>.pth")
-    p.add_argument("--runs", type=Path, default=LAYOUT["runs"], help="run directories <runs>/<split>/<train.method>")
-    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p = add("submit", cmd_submit, "dvc repro with every changed train stage as one SLURM job array")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting (run it again to wait)")
+    p.add_argument("--status-every", type=float, default=60.0, help="seconds between status tables while waiting")
+    add("status", cmd_status, "one line per run: SLURM state, iteration, val mIoU, ETA, log").add_argument(
+        "runs", nargs="*", type=Path, default=[LAYOUT["runs"]], help="run directories or folders of them (runs/)")
     p = add("sweep", cmd_sweep, "Optuna sweep of eps and the threshold (the `sweep` params section)")
     p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
     p.add_argument("--workers", type=int, help="parallel workers: processes, or SLURM array tasks (sweep.workers)")

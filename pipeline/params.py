@@ -241,3 +241,16 @@ def replace(cfg: Config, overrides: Mapping[str, Any]) -> Config:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def write_profile(name: str, path: Path) -> str:
+    """Rewrite the params file at path as the full config of a named profile (`ddfp profile`)."""
+    from pipeline.files import write_text_atomic
+
+    cfg = load(None, name)
+    header = (f"# Active configuration: profile '{name}' (pipeline/profiles/{name}.yaml), written out in\n"
+              "# full by `ddfp profile` because DVC reads every declared param from this file. Switch with\n"
+              "# `ddfp profile <demo|smoke|pascal|cityscapes>`. An edit here is a local experiment; a lasting\n"
+              "# change of the demo goes into its profile, then `ddfp profile demo` (a test checks the two agree).\n")
+    write_text_atomic(path, header + dump_yaml(cfg))
+    return f"{path}: now profile {name}"

@@ -3,20 +3,29 @@ job that runs the same `fit`, and a watcher that blocks until the jobs end and f
 
 Time limits and preemption: SLURM sends USR2 `slurm.signal_delay_s` before the limit. The job's own
 handler only sets a flag; `fit` sees it at the next iteration boundary (all ranks agree on the same
-one), saves and raises Interrupted; only then does submitit's handler run: it calls checkpoint()
-(the save is already on disk) and requeues the job, which resumes from out_dir/last.pt.
+one) or at the next batch of an evaluation, saves and raises Interrupted; only then does submitit's
+handler run: it calls checkpoint() (the save is already on disk) and requeues the job, which resumes
+from out_dir/last.pt. SIGTERM (`scontrol requeue`, preemption on clusters that send no USR2, scancel)
+sets the same flag; the job saves and exits, and SLURM requeues it or not: it is not requeued from
+here, or a scancel could never stop it. KillWait (30 s by default) is the time between the two.
+
+Each submitted run leaves `<run dir>/slurm_job.json` naming its job: a later command that finds the
+job still queued waits for it instead of training the run a second time (`adopted_job`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import submitit
 from submitit.core.job_environment import JobEnvironment
@@ -24,6 +33,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ddfp.config import ConfigError
 from pipeline.errors import JobError
+from pipeline.files import write_json_atomic
 from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, redact_tree
 
@@ -32,10 +42,20 @@ if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this 
     from pipeline.train.trainer import RunPaths
 
 POLL_S = 5.0  # seconds between sacct polls while waiting
+MARKER = "slurm_job.json"  # in a run directory: the job that was submitted to train it
+# squeue states of a job that is over; any other listed state (PENDING, RUNNING, REQUEUED,
+# COMPLETING, SUSPENDED, ...) is a job that still owns its run directory.
+ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+         "TIMEOUT"}
 
 
 class SlurmJobError(JobError):
-    """A SLURM job failed, was cancelled or killed; the message names the job id and its logs."""
+    """A SLURM job failed, was cancelled or killed; the message names the job id and its logs.
+    `finished`: the results of the other jobs of the same wait that did finish, by label."""
+
+    def __init__(self, message: str, finished: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.finished = dict(finished or {})
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -49,30 +69,52 @@ class TrainJob(submitit.helpers.Checkpointable):
         import torch
 
         from pipeline.train import distributed
-        from pipeline.train.fit import Interrupted, fit
+        from pipeline.train.fit import Interrupted
 
         cfg = from_mapping(cfg_tree)
-        stop = threading.Event()
-        sig = JobEnvironment._usr_sig()
-        # submitit's handler checkpoints, requeues and exits at once, wherever the signal lands
-        # (mid optimiser step). Defer it: our handler only sets the flag, fit stops at an iteration
-        # boundary and saves, then submitit's handler runs from here.
-        requeue = signal.getsignal(sig)
-        signal.signal(sig, lambda *_: stop.set())
+        stop, requeue, sig = _defer_stop_signals()
         if "OMP_NUM_THREADS" not in os.environ:  # slurm/env.sh sets it; else torch would use every core
             torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         env = distributed.init(cfg.run.device)
         try:
-            return fit(cfg, paths, dist=env, stop=stop)  # progress: plain lines in the job log (rank 0)
+            return self.run(cfg, paths, env, stop)
         except Interrupted:
             try:
-                if callable(requeue):
+                if stop.signal == sig and callable(requeue):
                     requeue(sig, None)  # rank 0: checkpoint() + requeue + SystemExit; other ranks: returns
             finally:
                 distributed.barrier(env)  # the others leave only after rank 0 has requeued
             raise SystemExit(-1) from None  # no result file: the job is not over
         finally:
             distributed.shutdown()
+
+    def run(self, cfg: Config, paths: RunPaths, env: Any, stop: threading.Event) -> Any:
+        """What the job does once the process group is up: fit (progress as plain lines, rank 0)."""
+        from pipeline.train.fit import fit
+
+        return fit(cfg, paths, dist=env, stop=stop)
+
+
+class StopRequest(threading.Event):
+    """Set by a stop signal; remembers which one (USR2 asks for a requeue, SIGTERM does not)."""
+
+    signal: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signal = self.signal or signum
+        self.set()
+
+
+def _defer_stop_signals() -> tuple[StopRequest, Any, int]:
+    """submitit's handler checkpoints, requeues and exits at once, wherever USR2 lands (mid optimiser
+    step), and it ignores SIGTERM, so a `scontrol requeue` or a preemption without USR2 kills the job
+    after KillWait with whatever it had not saved. Both only set the flag here: fit stops at the next
+    iteration boundary (or evaluation batch) and saves; the job then calls submitit's handler itself."""
+    stop, sig = StopRequest(), JobEnvironment._usr_sig()
+    requeue = signal.getsignal(sig)
+    for signum in (sig, signal.SIGTERM):
+        signal.signal(signum, lambda n, _frame: stop.request(n))
+    return stop, requeue, sig
 
 
 def job_config(cfg: Config) -> dict[str, Any]:
@@ -106,19 +148,60 @@ def make_executor(cfg: Config, name: str) -> submitit.AutoExecutor:
     return executor
 
 
-def submit_training(cfg: Config, runs: dict[str, RunPaths]) -> list[submitit.Job]:
-    """Submit one training job per label (several: one job array); paths are made absolute."""
+def submit_training(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Config] | None = None,
+                    job: TrainJob | None = None) -> list[submitit.Job]:
+    """Submit one training job per label (several: one job array); paths are made absolute.
+
+    configs: a label's own config where it differs from cfg (its method, seed); cfg gives the SLURM
+    resources of the whole array. job: what each task runs (TrainJob: fit)."""
     from pipeline.train.trainer import RunPaths
 
     executor = make_executor(cfg, f"ddfp-{cfg.profile}")
     labels = list(runs)
     absolute = [RunPaths(*(Path(p).absolute() if p is not None else None for p in (
         r.data_root, r.split_dir, r.out_dir, r.weights))) for r in runs.values()]
-    tree = job_config(cfg)
-    jobs = executor.map_array(TrainJob(), [tree] * len(labels), absolute)
-    for label, job in zip(labels, jobs):
-        print(f"submitted SLURM job {job.job_id} ({label}); log {job.paths.stdout}", file=sys.stderr)
+    run_cfgs = [(configs or {}).get(label, cfg) for label in labels]
+    jobs = executor.map_array(job or TrainJob(), [job_config(c) for c in run_cfgs], absolute)
+    for label, run_cfg, paths, submitted in zip(labels, run_cfgs, absolute, jobs):
+        write_marker(submitted, Path(cfg.slurm.folder).absolute(), label, run_cfg, paths)
+        print(f"submitted SLURM job {submitted.job_id} ({label}); log {submitted.paths.stdout}", file=sys.stderr)
     return jobs
+
+
+def write_marker(job: submitit.Job, folder: Path, label: str, cfg: Config, paths: RunPaths) -> None:
+    """`<run dir>/slurm_job.json`: which job trains the run, where its log is, what it trains."""
+    write_json_atomic({"job_id": job.job_id, "folder": str(folder), "label": label, "split": paths.split_dir.name,
+                       "method": cfg.train.method, "seed": cfg.train.seed, "log": str(job.paths.stderr),
+                       "submitted": datetime.now().astimezone().isoformat(timespec="seconds")},
+                      paths.out_dir / MARKER)
+
+
+def read_marker(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / MARKER).read_text())
+    except (OSError, ValueError):  # none, or torn by a crash mid-write: no job to wait for
+        return None
+
+
+def queue_state(job_id: str) -> str | None:
+    """The job's state in squeue (any state slurmctld still remembers), or None when it is not listed
+    or there is no squeue here (a copy of the run directory off the cluster)."""
+    if shutil.which("squeue") is None:
+        return None
+    done = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    states = done.stdout.split()
+    return states[0] if done.returncode == 0 and states else None
+
+
+def adopted_job(run_dir: Path) -> submitit.Job | None:
+    """The SLURM job that still owns run_dir (queued, running, requeued), else None."""
+    marker = read_marker(run_dir)
+    if marker is None:
+        return None
+    state = queue_state(marker["job_id"])
+    if state is None or state in ENDED:
+        return None
+    return submitit.SlurmJob(folder=marker["folder"], job_id=marker["job_id"])
 
 
 def _logs(job: submitit.Job) -> str:
@@ -141,15 +224,18 @@ def outcome(job: submitit.Job, label: str) -> Any:
                                    f"{_logs(job)}")) from None
 
 
-def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = POLL_S) -> list[Any]:
-    """Block until every job has ended (like `sbatch -W`); all failures are reported together.
+def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = POLL_S,
+         on_poll: Callable[[], None] | None = None) -> list[Any]:
+    """Block until every job has ended (like `sbatch -W`); all failures are reported together, in a
+    SlurmJobError whose `finished` holds the results of the jobs that did finish.
 
     A cancelled or killed job leaves no result file; submitit's own result() would wait on it, so
-    the state comes from sacct (forced, not cached) and ends the wait.
+    the state comes from sacct (forced, not cached) and ends the wait. on_poll runs after each poll
+    (a status display).
     """
     pending = dict(enumerate(jobs))
     results: list[Any] = [{} for _ in jobs]
-    errors: list[str] = []
+    errors: dict[int, str] = {}
     while pending:
         jobs[0].get_info(mode="force")  # one sacct call refreshes every job of the watcher
         for i, job in list(pending.items()):
@@ -160,16 +246,47 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
                 results[i] = outcome(job, labels[i])
             except SlurmJobError as err:
                 print(f"error: {err}", file=sys.stderr)
-                errors.append(str(err))
+                errors[i] = str(err)
+        if on_poll is not None:
+            on_poll()
         if pending:
             time.sleep(poll_s)
     if errors:
-        raise SlurmJobError("\n".join(errors))
+        raise SlurmJobError("\n".join(errors.values()),
+                            finished={labels[i]: r for i, r in enumerate(results) if i not in errors})
     return results
 
 
-def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], poll_s: float = POLL_S) -> list[FitSummary]:
-    return wait(submit_training(cfg, runs), list(runs), poll_s)
+def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Config] | None = None,
+                   poll_s: float = POLL_S, block: bool = True,
+                   on_poll: Callable[[], None] | None = None) -> dict[str, FitSummary]:
+    """Each run, by what its directory holds: the job that still owns it is waited for; a checkpoint
+    of its finished run is its result; anything else is submitted (all of them as one job array).
+    Nothing trains in this process (a login node). block=False: return the finished runs only."""
+    from pipeline.train.fit import finished_summary
+
+    configs = configs or {}
+    done: dict[str, FitSummary] = {}
+    jobs: dict[str, submitit.Job] = {}
+    for label, paths in runs.items():
+        adopted = adopted_job(paths.out_dir)
+        if adopted is not None:
+            print(f"SLURM job {adopted.job_id} already trains {label}; waiting for it", file=sys.stderr)
+            jobs[label] = adopted
+        elif (summary := finished_summary(configs.get(label, cfg), paths)) is not None:
+            done[label] = summary
+    todo = {label: paths for label, paths in runs.items() if label not in done and label not in jobs}
+    if todo:
+        jobs.update(zip(todo, submit_training(cfg, todo, configs)))
+    if not block or not jobs:
+        return done
+    try:
+        results = wait(list(jobs.values()), list(jobs), poll_s, on_poll)
+    except SlurmJobError as err:
+        err.finished.update(done)
+        raise
+    return {**done, **dict(zip(jobs, results))}
 
 
-__all__ = ["SlurmJobError", "TrainJob", "make_executor", "submit_training", "wait", "train_on_slurm", "job_config"]
+__all__ = ["MARKER", "SlurmJobError", "TrainJob", "adopted_job", "job_config", "make_executor", "queue_state",
+           "read_marker", "submit_training", "train_on_slurm", "wait"]

@@ -48,3 +48,14 @@ def update(readme: Path, root: Path) -> list[str]:
     if stale:
         write_text_atomic(readme, render(readme.read_text(), root))
     return stale
+
+
+def run_readme(readme: Path, check: bool) -> str:
+    """`ddfp readme`: update the include blocks (or, with check, fail naming the stale ones)."""
+    if check:
+        stale = stale_blocks(readme, readme.parent)
+        if stale:
+            raise DataError(f"{readme}: the blocks of {', '.join(stale)} differ from the reports; run `ddfp readme`")
+        return f"{readme}: up to date"
+    stale = update(readme, readme.parent)
+    return f"{readme}: " + (f"updated from {', '.join(stale)}" if stale else "up to date")

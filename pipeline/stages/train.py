@@ -1,12 +1,13 @@
 """The `train` stage: one run of one split, in this process (or as one rank of torchrun), or, with
 run.launcher: slurm, as a SLURM job this command waits for, so that DVC caches what the job wrote.
-`ddfp submit` trains several splits as one SLURM job array in the train stage's layout."""
+`ddfp submit` (pipeline.repro) brings every changed train stage up to date as one SLURM job array."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ddfp.config import ConfigError
+from pipeline.errors import BusyError
 from pipeline.params import Config
 from pipeline.train.fit import FitSummary
 from pipeline.train.trainer import RunPaths
@@ -21,16 +22,32 @@ def checked_weights(cfg: Config, path: Path | None) -> Path | None:
     return weights
 
 
-def run_train(cfg: Config, data: Path, split_dir: Path, out: Path, weights: Path | None) -> FitSummary | None:
-    """Train (or resume) the run in `out`; None on the ranks of torchrun other than the first."""
-    from pipeline.train import distributed
-    from pipeline.train.fit import fit
+def run_paths(cfg: Config, data: Path, split_dir: Path, out: Path, weights: Path | None) -> RunPaths:
+    return RunPaths(data, split_dir, out, checked_weights(cfg, weights))
 
-    paths = RunPaths(data, split_dir, out, checked_weights(cfg, weights))
+
+def run_train(cfg: Config, paths: RunPaths) -> FitSummary | None:
+    """Train (or resume) the run in paths.out_dir; None on the ranks of torchrun other than the first.
+
+    run.launcher: slurm trains nothing here: the run's own job is waited for while it is queued, a
+    finished checkpoint is the result, else a job is submitted and waited for."""
+    from pipeline.slurm import adopted_job
+
     if cfg.run.launcher == "slurm":
         from pipeline.slurm import train_on_slurm
 
-        return train_on_slurm(cfg, {split_dir.name: paths})[0]
+        return train_on_slurm(cfg, {paths.split_dir.name: paths})[paths.split_dir.name]
+    job = adopted_job(paths.out_dir)
+    if job is not None:  # e.g. `ddfp submit --no-wait`, then `dvc repro` with the local launcher
+        raise BusyError(f"{paths.out_dir} belongs to SLURM job {job.job_id}, still queued or running; wait for it "
+                        f"(`ddfp submit` does) or `scancel {job.job_id}`")
+    return _train_here(cfg, paths)
+
+
+def _train_here(cfg: Config, paths: RunPaths) -> FitSummary | None:
+    from pipeline.train import distributed
+    from pipeline.train.fit import fit
+
     env = distributed.init(cfg.run.device)
     try:
         summary = fit(cfg, paths, dist=env)
@@ -39,21 +56,4 @@ def run_train(cfg: Config, data: Path, split_dir: Path, out: Path, weights: Path
     return summary if env.is_main else None
 
 
-def run_submit(cfg: Config, data: Path, splits_dir: Path, runs: Path, weights_dir: Path, splits: list[str],
-               block: bool = True) -> dict[str, FitSummary] | None:
-    """Submit the splits as one job array; with `block`, wait until every job ended."""
-    from pipeline.slurm import submit_training, wait
-
-    weights = checked_weights(cfg, weights_dir / f"{cfg.model.backbone}.pth")
-    # The train stage's layout: a submitted run is the one `dvc repro train@<split>-<method>` finds.
-    paths = {s: RunPaths(data, splits_dir / s, runs / s / cfg.train.method, weights) for s in splits}
-    for split, p in paths.items():
-        if not (p.split_dir / "labeled.txt").is_file():
-            raise FileNotFoundError(f"{p.split_dir}/labeled.txt: split {split} not prepared (run `ddfp splits`)")
-    jobs = submit_training(cfg, paths)
-    if not block:
-        return None
-    return dict(zip(splits, wait(jobs, splits)))
-
-
-__all__ = ["checked_weights", "run_submit", "run_train"]
+__all__ = ["checked_weights", "run_paths", "run_train"]

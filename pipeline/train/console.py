@@ -11,9 +11,30 @@ from typing import IO, Any
 from tqdm import tqdm
 
 
-def _duration(seconds: float) -> str:
+PROGRESS = "progress.json"  # in the run directory: the last progress line as JSON, for `ddfp status`
+
+
+def duration(seconds: float | None) -> str:
+    """1h05m, 3m07s; ? when unknown."""
+    if seconds is None:
+        return "?"
     s = int(round(seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Rate:
+    """Iterations per second of this process since `initial` (not of a resumed run's earlier ones)."""
+
+    def __init__(self, initial: int) -> None:
+        self._t0, self._n0 = time.monotonic(), initial
+
+    def per_s(self, n: int) -> float:
+        elapsed = time.monotonic() - self._t0
+        return (n - self._n0) / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self, n: int, total: int) -> float | None:
+        rate = self.per_s(n)
+        return (total - n) / rate if rate > 0 else None
 
 
 class PlainProgress:
@@ -22,7 +43,7 @@ class PlainProgress:
 
     def __init__(self, total: int, initial: int, desc: str, stream: IO[str]) -> None:
         self.total, self.n, self.desc, self.stream = total, initial, desc, stream
-        self._t0, self._n0 = time.monotonic(), initial  # the rate of this process, not of a resumed run
+        self.rate = Rate(initial)
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -34,12 +55,10 @@ class PlainProgress:
         self.n += n
 
     def set_postfix(self, values: dict[str, str]) -> None:
-        elapsed = time.monotonic() - self._t0
-        rate = (self.n - self._n0) / elapsed if elapsed > 0 else 0.0
-        eta = _duration((self.total - self.n) / rate) if rate > 0 else "?"
+        eta = self.rate.eta_s(self.n, self.total)
         fields = "".join(f", {k} {v}" for k, v in values.items())
         print(f"{self.desc}: iteration {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%){fields}, "
-              f"{rate:.2f} it/s, ETA {eta}", file=self.stream, flush=True)
+              f"{self.rate.per_s(self.n):.2f} it/s, ETA {duration(eta)}", file=self.stream, flush=True)
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool,
@@ -51,4 +70,4 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool,
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, file=stream)
 
 
-__all__ = ["PlainProgress", "progress_bar"]
+__all__ = ["PROGRESS", "PlainProgress", "Rate", "duration", "progress_bar"]

@@ -22,10 +22,10 @@ from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.tracking.identity import RunInfo, dvc_hashes, project_dir
 from pipeline.tracking.tracker import NullTracker, Tracker, open_tracker
-from pipeline.train import distributed, runlock
-from pipeline.train.console import PlainProgress, progress_bar
+from pipeline.train import checkpoint, distributed, runlock
+from pipeline.train.console import PlainProgress, Rate, progress_bar
 from pipeline.train.distributed import SINGLE, DistEnv
-from pipeline.train.trainer import Progress, RunPaths, StopFlag, Trainer
+from pipeline.train.trainer import Progress, RunPaths, StopFlag, Trainer, evaluation_due, not_resumable
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,7 +55,7 @@ class FitSummary:
         return {k: getattr(self, k) for k in keys + (["rank", "student_digest"] if self.rank is not None else [])}
 
 
-def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: OnEval | None,
+def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, rate: Rate, on_eval: OnEval | None,
                  stop: StopFlag | None) -> None:
     """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
     cfg = tr.cfg
@@ -71,6 +71,7 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: O
         bar.update(1)
         if logged:
             tr.log(step.logs, p, bar)
+            tr.write_progress(p, rate)
         if tr.finished(p):
             break
         if stop is not None and distributed.agree(tr.dist, stop.is_set(), tr.device):
@@ -82,18 +83,10 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, on_eval: O
         tr.save(p)  # stopped early by train.max_iters
         return
     p.next_epoch()
-    if _evaluation_due(tr, p):
+    if evaluation_due(tr.cfg, p, tr.evals):
         _evaluate(tr, p, on_eval, stop)
         return
     tr.save(p)
-
-
-def _evaluation_due(tr: Trainer, p: Progress) -> bool:
-    """Whether the epoch just completed is evaluated and has no evaluation yet (a stop during it,
-    or a resume from the checkpoint saved then, leaves it to do)."""
-    epochs, every = tr.cfg.train.epochs, tr.cfg.run.eval_every
-    at_end = p.epoch > 0 and p.iter_in_epoch == 0 and (p.epoch % every == 0 or p.epoch == epochs)
-    return at_end and not any(row["epoch"] == p.epoch for row in tr.evals)
 
 
 def _evaluate(tr: Trainer, p: Progress, on_eval: OnEval | None, stop: StopFlag | None) -> None:
@@ -153,13 +146,15 @@ def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, 
     p = tr.try_resume()
     _start_tracking(tr, parent_run_id)
     try:
-        if _evaluation_due(tr, p):
+        if evaluation_due(tr.cfg, p, tr.evals):
             _evaluate(tr, p, on_eval, stop)
+        rate = Rate(p.iteration)
         with progress_bar(tr.max_iters, p.iteration, f"train {cfg.train.method}", progress) as bar:
             while not tr.finished(p) and p.epoch < cfg.train.epochs:
-                _train_epoch(tr, p, bar, on_eval, stop)
+                _train_epoch(tr, p, bar, rate, on_eval, stop)
         if not tr.saved_done:  # e.g. a resumed run that a smaller train.max_iters already ends
             tr.save(p)
+        tr.write_progress(p, rate)  # the end, with the last evaluation
     except BaseException as err:
         tr.tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
@@ -171,4 +166,18 @@ def _fit(cfg: Config, paths: RunPaths, tracker: Tracker | None, progress: bool, 
     return summary
 
 
-__all__ = ["FitSummary", "Interrupted", "fit"]
+def finished_summary(cfg: Config, paths: RunPaths) -> FitSummary | None:
+    """What fit would return without training a step: the summary of the checkpoint in paths.out_dir
+    when it is cfg's run (of this training code) ended with nothing left to evaluate; else None.
+    Loads no data and builds no model (a SLURM login node asks it before submitting)."""
+    state, _ = checkpoint.load_resumable(paths.ckpt)
+    if state is None or not_resumable(state, cfg):
+        return None
+    p = Progress.from_state(state)
+    ended = p.epoch >= cfg.train.epochs or bool(cfg.train.max_iters and p.iteration >= cfg.train.max_iters)
+    if not ended or evaluation_due(cfg, p, state["evals"]):
+        return None
+    return FitSummary(p.iteration, p.epoch, p.skipped, state["evals"], str(paths.ckpt), state.get("run_id"))
+
+
+__all__ = ["FitSummary", "Interrupted", "finished_summary", "fit"]

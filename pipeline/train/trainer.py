@@ -8,6 +8,7 @@ so) when it does not. Where the run stands is the loop's `Progress`, handed to e
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from pipeline.secrets import redact_tree
 from pipeline.tracking.tracker import Tracker
 from pipeline.train import checkpoint, distributed
 from pipeline.train.code_version import code_digest
-from pipeline.train.console import PlainProgress
+from pipeline.train.console import PROGRESS, PlainProgress, Rate
 from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.learner import Learner, StepResult
 from pipeline.train.loaders import TrainLoaders, read_split_file, train_loaders, val_loader
@@ -61,6 +62,15 @@ def fingerprint(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in cfg.training_values().items() if k != "train.max_iters"}
 
 
+def not_resumable(state: dict[str, Any], cfg: Config) -> str | None:
+    """Why a loaded checkpoint cannot continue cfg's run (None: it can)."""
+    if fingerprint(stored_config(state["config"])) != fingerprint(cfg):
+        return "checkpoint of another configuration"
+    if state.get("code") != code_digest():  # e.g. `dvc repro` after an edit of ddfp/
+        return "checkpoint of other training code"
+    return None
+
+
 @dataclass
 class Progress:
     """Where a run is: the loop advances it, the checkpoint saves it, a resume restores it."""
@@ -83,6 +93,14 @@ class Progress:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Progress:
         return cls(**{f.name: state[f.name] for f in fields(cls)})
+
+
+def evaluation_due(cfg: Config, p: Progress, evals: list[dict[str, Any]]) -> bool:
+    """Whether the epoch just completed is one to evaluate and has no evaluation yet (a stop request
+    during it, or a resume from the checkpoint saved then, leaves it to do)."""
+    epochs, every = cfg.train.epochs, cfg.run.eval_every
+    at_end = p.epoch > 0 and p.iter_in_epoch == 0 and (p.epoch % every == 0 or p.epoch == epochs)
+    return at_end and not any(row["epoch"] == p.epoch for row in evals)
 
 
 class Trainer:
@@ -111,7 +129,8 @@ class Trainer:
         return progress.iteration >= self.max_iters
 
     def complete(self, progress: Progress) -> bool:
-        return self.finished(progress) or progress.epoch >= self.cfg.train.epochs
+        ended = self.finished(progress) or progress.epoch >= self.cfg.train.epochs
+        return ended and not evaluation_due(self.cfg, progress, self.evals)
 
     def state_dict(self, progress: Progress) -> dict[str, Any]:
         return {
@@ -135,11 +154,9 @@ class Trainer:
         state, source = checkpoint.load_resumable(self.paths.ckpt)
         if state is None:
             return Progress()
-        if fingerprint(stored_config(state["config"])) != fingerprint(self.cfg):
-            tqdm.write(f"{source}: checkpoint of another configuration, training from scratch")
-            return Progress()
-        if state.get("code") != code_digest():  # e.g. `dvc repro` after an edit of ddfp/
-            tqdm.write(f"{source}: checkpoint of other training code, training from scratch")
+        refused = not_resumable(state, self.cfg)
+        if refused:
+            tqdm.write(f"{source}: {refused}, training from scratch")
             return Progress()
         for key, part in self.learner.parts().items():
             part.load_state_dict(state[key])
@@ -176,6 +193,21 @@ class Trainer:
         common = math.ceil((lines // ranks) / self.cfg.eval.batch_size)
         return lambda i: i < common and distributed.agree(self.dist, stop.is_set(), self.device)
 
+    def write_progress(self, progress: Progress, rate: Rate) -> None:
+        """<run>/progress.json: where the run is, for `ddfp status` (rank 0; rewritten at each log)."""
+        if not self.dist.is_main:
+            return
+        last = self.evals[-1] if self.evals else {}
+        model = self.cfg.reported_model([k.removeprefix("val_miou_") for k in last if k.startswith("val_miou_")])
+        write_json_atomic({"split": self.paths.split_dir.name, "method": self.cfg.train.method,
+                           "seed": self.cfg.train.seed, "iteration": progress.iteration, "total": self.max_iters,
+                           "epoch": progress.epoch, "loss": self.history[-1].get("loss") if self.history else None,
+                           "it_per_s": round(rate.per_s(progress.iteration), 4),
+                           "eta_s": rate.eta_s(progress.iteration, self.max_iters),
+                           "val_miou": last.get(f"val_miou_{model}"), "val_epoch": last.get("epoch"),
+                           "updated": datetime.now().astimezone().isoformat(timespec="seconds")},
+                          self.paths.out_dir / PROGRESS)
+
     def evaluate(self, phase: Phase, progress: Progress, stop: StopFlag | None = None) -> dict[str, Any] | None:
         """Validate after an epoch of `phase`: the student, and the teacher once that phase trains it.
         None, with nothing recorded, when `stop` was set during it."""
@@ -196,4 +228,4 @@ class Trainer:
         return res
 
 
-__all__ = ["Progress", "RunPaths", "StopFlag", "Trainer", "fingerprint"]
+__all__ = ["Progress", "RunPaths", "StopFlag", "Trainer", "evaluation_due", "fingerprint", "not_resumable"]
