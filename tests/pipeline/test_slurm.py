@@ -5,7 +5,6 @@ with the slurm launcher, and no password in the submitit folder."""
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 from ddfp import config
 from pipeline.slurm import outcome, submit_training, wait
 from pipeline.train.fit import fit
-from tests.helpers.project import ROOT, ran_stages, run
+from tests.helpers.project import ran_stages, run
 from tests.helpers.slurm import run_paths, smoke
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
