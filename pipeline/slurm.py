@@ -78,7 +78,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = distributed.init(cfg.run.device)
         try:
             return self.run(cfg, paths, env, stop)
-        except Interrupted:
+        except Interrupted as err:
+            by = signal.Signals(stop.signal or sig).name
+            print(f"{err} ({by}); " + ("requeueing" if stop.signal == sig else "exiting: SLURM requeues the job or "
+                  "it was cancelled"), file=sys.stderr, flush=True)
             try:
                 if stop.signal == sig and callable(requeue):
                     requeue(sig, None)  # rank 0: checkpoint() + requeue + SystemExit; other ranks: returns
