@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline import params
-from pipeline.evidence.ablation import pseudo_label_diagnostics
+from pipeline.evidence.diagnostics import pseudo_label_diagnostics
 from pipeline.train import checkpoint
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)

@@ -261,26 +261,27 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
 
 
 def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Config] | None = None,
-                   poll_s: float = POLL_S, block: bool = True,
-                   on_poll: Callable[[], None] | None = None) -> dict[str, FitSummary]:
+                   poll_s: float = POLL_S, block: bool = True, on_poll: Callable[[], None] | None = None,
+                   job: TrainJob | None = None) -> dict[str, Any]:
     """Each run, by what its directory holds: the job that still owns it is waited for; a checkpoint
-    of its finished run is its result; anything else is submitted (all of them as one job array).
-    Nothing trains in this process (a login node). block=False: return the finished runs only."""
+    of its finished run is its result (TrainJob only: another job does more than train); anything else
+    is submitted, all as one job array. Nothing trains in this process (a login node).
+    block=False: return the finished runs only."""
     from pipeline.train.fit import finished_summary
 
     configs = configs or {}
-    done: dict[str, FitSummary] = {}
+    done: dict[str, Any] = {}
     jobs: dict[str, submitit.Job] = {}
     for label, paths in runs.items():
         adopted = adopted_job(paths.out_dir)
         if adopted is not None:
             print(f"SLURM job {adopted.job_id} already trains {label}; waiting for it", file=sys.stderr)
             jobs[label] = adopted
-        elif (summary := finished_summary(configs.get(label, cfg), paths)) is not None:
+        elif job is None and (summary := finished_summary(configs.get(label, cfg), paths)) is not None:
             done[label] = summary
     todo = {label: paths for label, paths in runs.items() if label not in done and label not in jobs}
     if todo:
-        jobs.update(zip(todo, submit_training(cfg, todo, configs)))
+        jobs.update(zip(todo, submit_training(cfg, todo, configs, job)))
     if not block or not jobs:
         return done
     try:

@@ -11,37 +11,35 @@ per-class IoU, the config values it was trained with, the code digest, diagnosti
 committed (`--commit` commits each as it lands). A rerun, on this machine or a fresh clone, trains only
 the cells without a record of the same configuration; the work directory (checkpoints of unfinished
 runs) stays under `runs/`. Outputs: ablation_stats.write_outputs.
+
+With run.launcher: slurm every cell without a record is one task of one job array (at most
+slurm.array_parallelism at once); each task trains, evaluates and writes its record itself (CellJob),
+so this process only waits, then reads the records as a local run does: the outputs are the same.
+A rerun waits for the tasks still queued and submits none of them again.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch.utils.data import DataLoader
-
 from ddfp.config import METHODS
-from ddfp.data.dataset import SegDataset
-from ddfp.inference import class_scores
-from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
 from pipeline.errors import DataError, UsageError
 from pipeline.evidence.ablation_stats import write_outputs
+from pipeline.evidence.diagnostics import pseudo_label_diagnostics, train_log_diagnostics
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.params import Config, replace, stored_config
-from pipeline.stages.evaluate import run_evaluate, trained_models
+from pipeline.params import Config, replace
+from pipeline.slurm import TrainJob, train_on_slurm
+from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import labels_of
-from pipeline.train import checkpoint
 from pipeline.train.code_version import code_digest
-from pipeline.train.distributed import SINGLE
+from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.fit import fit
 from pipeline.train.loaders import read_split_file
-from pipeline.train.trainer import RunPaths
+from pipeline.train.trainer import RunPaths, StopFlag
 
 # arm -> (train.method, overrides): the one place an arm is defined.
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -58,9 +56,6 @@ CURVE_ARMS = METHODS  # the label curve: the three methods, not the controls
 NOT_RESULTS = ("profile", "methods", "data.splits", "run.num_workers", "download.", "run.device",
                "run.eval_every", "run.ckpt_every", "run.log_every", "run.launcher", "eval.batch_size",
                "tracking.", "slurm.", "sweep.")
-TRAIN_LOG_KEYS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup",
-                  "loss_perturb")
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -128,48 +123,28 @@ def all_labels_split(split_dir: Path, work: Path) -> Path:
     return dest
 
 
-def train_log_diagnostics(train_log: Path) -> dict[str, float]:
-    """Means over the logged iterations of the last epoch (where every phase is active), and the NLL rise
-    of the perturbation step (nll_after - nll_query)."""
-    rows = json.loads(train_log.read_text())
-    last = [r for r in rows if r["epoch"] == rows[-1]["epoch"]] if rows else []
-    out = {k: statistics.fmean(r[k] for r in last) for k in TRAIN_LOG_KEYS if last and all(k in r for r in last)}
-    if "nll_after" in out and "nll_query" in out:
-        out["nll_rise"] = out["nll_after"] - out["nll_query"]
-    return out
+def cell_split_dir(cell: Cell, splits_dir: Path, work: Path) -> Path:
+    split_dir = splits_dir / cell.split
+    return all_labels_split(split_dir, work) if cell.arm == "all_labels" else split_dir
 
 
-@torch.no_grad()
-def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path) -> dict[str, Any]:
-    """The final teacher's pseudo-labels (the student's for supervised runs) on the unlabelled training
-    images, predicted with cfg's evaluation protocol and scored against their masks at cfg's
-    train.conf_thresh (a run's own, in the ablation; any, in a threshold scan)."""
-    lines = read_split_file(split_dir / "unlabeled.txt")
-    if any(mask is None for _, mask in lines):
-        return {}  # no ground truth to score against
-    state = checkpoint.load(ckpt)
-    trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
-    spec = trained.spec
-    device = SINGLE.device(cfg.run.device)
-    models = trained_models(state, trained, device)
-    name = "teacher" if "teacher" in models else "student"
-    model = models[name].eval()
-    dataset = SegDataset(data_root, lines, "val", trained.data.crop_size, trained.data.scale_range, spec.num_classes)
-    background = spec.class_names.index("background") if "background" in spec.class_names else None
-    counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)
-    for batch in DataLoader(dataset, batch_size=trained.eval.batch_size, num_workers=trained.run.num_workers):
-        probs = class_scores(model, batch["img"].to(device), trained.eval_protocol)
-        counts += pseudo_label_counts(probs, batch["mask"].to(device), cfg.train.conf_thresh, background).cpu()
-    # null, not NaN, for a ratio over no pixels: records are strict JSON, read by any tool.
-    quality = {f"pl_{k}": None if math.isnan(v) else v for k, v in pseudo_label_quality(counts).items()}
-    return {"pl_model": name, **quality}
+def cell_dir(work: Path, cell: Cell) -> Path:
+    return work / cell.arm / cell.split / f"seed{cell.seed}"
+
+
+def cell_of(run_dir: Path) -> Cell:
+    """The cell a run directory of cell_dir belongs to."""
+    return Cell(run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name.removeprefix("seed")))
 
 
 def train_cell(run_cfg: Config, cell: Cell, data_root: Path, split_dir: Path, weights: Path | None,
-               work: Path, progress: bool) -> dict[str, Any]:
-    """Train (or resume) and evaluate one cell -> its record; the checkpoint is dropped afterwards."""
-    run_dir = work / cell.arm / cell.split / f"seed{cell.seed}"
-    fit(run_cfg, RunPaths(data_root, split_dir, run_dir, weights), progress=progress)
+               work: Path, progress: bool, dist: DistEnv = SINGLE, stop: StopFlag | None = None) -> dict[str, Any] | None:
+    """Train (or resume) and evaluate one cell -> its record (None on the other ranks of a
+    multi-task job); the checkpoint is dropped afterwards."""
+    run_dir = cell_dir(work, cell)
+    fit(run_cfg, RunPaths(data_root, split_dir, run_dir, weights), progress=progress, dist=dist, stop=stop)
+    if not dist.is_main:
+        return None
     metrics = run_evaluate(run_cfg, run_dir / "last.pt", data_root, split_dir, run_dir / "metrics.json")
     diagnostics = {**train_log_diagnostics(run_dir / "train_log.json"),
                    **pseudo_label_diagnostics(run_cfg, run_dir / "last.pt", data_root, split_dir)}
@@ -179,6 +154,31 @@ def train_cell(run_cfg: Config, cell: Cell, data_root: Path, split_dir: Path, we
     write_json_atomic(metrics, run_dir / "metrics.json")
     (run_dir / "last.pt").unlink()
     return record
+
+
+class CellJob(TrainJob):
+    """One cell on SLURM: its run directory (cell_dir) names the cell; the record goes under `out`."""
+
+    def __init__(self, work: Path, out: Path) -> None:
+        self.work, self.out = Path(work).absolute(), Path(out).absolute()
+
+    def run(self, cfg: Config, paths: RunPaths, env: Any, stop: Any) -> dict[str, Any] | None:
+        cell = cell_of(Path(paths.out_dir))
+        record = train_cell(cfg, cell, paths.data_root, paths.split_dir, paths.weights, self.work, True, env, stop)
+        if record is not None:  # rank 0
+            write_json_atomic(record, record_path(self.out, cell))
+        return record
+
+
+def train_cells_on_slurm(cfg: Config, cells: list[Cell], split_dirs: dict[Cell, Path], data_root: Path,
+                         weights: Path | None, work: Path, out: Path) -> None:
+    """Submit the cells as one array and wait; a SlurmJobError names the cells whose job failed."""
+    if not cells:
+        return
+    labels = {f"{c.arm}/{c.split}/seed{c.seed}": c for c in cells}
+    runs = {label: RunPaths(data_root, split_dirs[c], cell_dir(work, c), weights) for label, c in labels.items()}
+    configs = {label: arm_config(cfg, c) for label, c in labels.items()}
+    train_on_slurm(cfg, runs, configs, job=CellJob(work, out))
 
 
 def commit_records(paths: list[Path], message: str) -> None:
@@ -215,15 +215,25 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
         raise ValueError(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
     if commit:
         _check_commit(out)
+    cells = plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds))
+    if cfg.run.launcher == "slurm":
+        todo = [c for c in cells if read_record(record_path(out, c), arm_config(cfg, c)) is None]
+        try:
+            train_cells_on_slurm(cfg, todo, {c: cell_split_dir(c, splits_dir, work) for c in todo}, data_root,
+                                 weights, work, out)
+        finally:  # what finished is recorded, and committed, even when another cell's job failed
+            if commit and todo:
+                commit_records([p for c in todo if (p := record_path(out, c)).is_file()], "ablation: records")
     records, paths = [], []
-    for cell in plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds)):
+    for cell in cells:
         run_cfg, path = arm_config(cfg, cell), record_path(out, cell)
         record = read_record(path, run_cfg)
         if record is None:
-            split_dir = splits_dir / cell.split
-            if cell.arm == "all_labels":
-                split_dir = all_labels_split(split_dir, work)
-            record = train_cell(run_cfg, cell, data_root, split_dir, weights, work, progress)
+            if cfg.run.launcher == "slurm":  # its job wrote no record: never train it here, on a login node
+                raise DataError(f"{path}: the SLURM job of {cell.arm}/{cell.split}/seed{cell.seed} wrote no record")
+            record = train_cell(run_cfg, cell, data_root, cell_split_dir(cell, splits_dir, work), weights, work,
+                                progress)
+            assert record is not None  # one process: the main one
             write_json_atomic(record, path)
             if commit:
                 commit_records([path], f"ablation: {cell.arm}/{cell.split}/seed{cell.seed}")

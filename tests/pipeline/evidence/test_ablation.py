@@ -22,9 +22,9 @@ from pipeline.evidence.ablation import (
     record_config,
     record_path,
     run_ablation,
-    train_log_diagnostics,
 )
 from pipeline.evidence.ablation_stats import goal_rows, paired_difference, split_pairs
+from pipeline.evidence.diagnostics import train_log_diagnostics
 from pipeline.train.code_version import code_digest
 from tests.helpers.smoke import tiny_cfg
 
