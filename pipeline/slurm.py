@@ -214,7 +214,7 @@ def _logs(job: submitit.Job) -> str:
 
 def outcome(job: submitit.Job, label: str) -> Any:
     """The result of rank 0 of a finished job, or SlurmJobError naming the job, its state and logs."""
-    state = job.get_info(mode="force").get("State", "UNKNOWN")
+    state = job.get_info(mode="force").get("State") or queue_state(job.job_id) or "UNKNOWN"
     task = job.task(0)
     if not task.paths.result_pickle.exists() and not state.startswith("COMPLETED"):
         raise SlurmJobError(f"SLURM job {job.job_id} ({label}) ended {state} without finishing; {_logs(job)}")
@@ -239,10 +239,11 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
     pending = dict(enumerate(jobs))
     results: list[Any] = [{} for _ in jobs]
     errors: dict[int, str] = {}
+    listed: set[str] = set()
     while pending:
         jobs[0].get_info(mode="force")  # one sacct call refreshes every job of the watcher
         for i, job in list(pending.items()):
-            if not job.done():
+            if not job.done() and not (job.state == "UNKNOWN" and _over_in_queue(job.job_id, listed)):
                 continue
             del pending[i]
             try:
@@ -258,6 +259,16 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
         raise SlurmJobError("\n".join(errors.values()),
                             finished={labels[i]: r for i, r in enumerate(results) if i not in errors})
     return results
+
+
+def _over_in_queue(job_id: str, listed: set[str]) -> bool:
+    """For a cluster without accounting (sacct answers nothing, submitit's state stays UNKNOWN): squeue
+    shows the job ended, or no longer lists a job it listed before. Without this, a job killed before
+    it wrote its result file would be waited for forever."""
+    state = queue_state(job_id)
+    if state is not None:
+        listed.add(job_id)
+    return state in ENDED or (state is None and job_id in listed)
 
 
 def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Config] | None = None,

@@ -4,12 +4,13 @@ two slurmd daemons on this machine, so the job goes through everything a multi-n
 at the first node of the job, gloo between the nodes' tasks) except a network between machines."""
 
 import re
+import threading
 import subprocess
 import time
 
 import pytest
 
-from pipeline.slurm import submit_training, wait
+from pipeline.slurm import SlurmJobError, submit_training, wait
 from tests.helpers.slurm import TWO_NODES_DIR, run_paths, smoke
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -54,3 +55,27 @@ def test_ddp_over_two_nodes_one_task_each(two_nodes, tiny_data, tmp_path, monkey
     assert nodes == ["localhost", "n2"]
     for node in nodes:
         assert f"launch task StepId={job.job_id}.0 " in (TWO_NODES_DIR / "log" / f"slurmd-{node}.log").read_text()
+
+
+def test_a_cancelled_job_ends_the_wait_on_a_cluster_without_accounting(two_nodes, tiny_data, tmp_path, monkeypatch):
+    # sacct answers nothing here, so the end of a job that never writes its result file is seen in squeue.
+    monkeypatch.setenv("SLURM_CONF", str(two_nodes))
+    cfg = smoke(tmp_path, **{"train.epochs": 50, "slurm.cpus_per_task": 1})
+    job = submit_training(cfg, {"8": run_paths(tiny_data, tmp_path / "run")})[0]
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            wait([job], ["8"], poll_s=1)
+        except SlurmJobError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not (tmp_path / "run" / "progress.json").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", job.job_id], check=True)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the wait did not end after the job was cancelled"
+    assert outcome and "CANCELLED" in str(outcome[0]) and job.job_id in str(outcome[0]), outcome
