@@ -9,21 +9,18 @@ from out_dir/last.pt. SIGTERM (`scontrol requeue`, preemption on clusters that s
 sets the same flag; the job saves and exits, and SLURM requeues it or not: it is not requeued from
 here, or a scancel could never stop it. KillWait (30 s by default) is the time between the two.
 
-Each submitted run leaves `<run dir>/slurm_job.json` naming its job: a later command that finds the
-job still queued waits for it instead of training the run a second time (`adopted_job`).
+Each submitted run leaves `<run dir>/slurm_job.json` naming its job (pipeline.squeue): a later command
+that finds the job still queued waits for it instead of training the run a second time.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -33,20 +30,15 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ddfp.config import ConfigError
 from pipeline.errors import JobError
-from pipeline.files import write_json_atomic
 from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, redact_tree
+from pipeline.squeue import adopted_job, over_in_queue, queue_state, write_marker
 
 if TYPE_CHECKING:  # torch loads only where training runs: the CLI imports this module for its error type
     from pipeline.train.fit import FitSummary
     from pipeline.train.trainer import RunPaths
 
 POLL_S = 5.0  # seconds between sacct polls while waiting
-MARKER = "slurm_job.json"  # in a run directory: the job that was submitted to train it
-# squeue states of a job that is over; any other listed state (PENDING, RUNNING, REQUEUED,
-# COMPLETING, SUSPENDED, ...) is a job that still owns its run directory.
-ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-         "TIMEOUT"}
 
 
 class SlurmJobError(JobError):
@@ -171,42 +163,6 @@ def submit_training(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, C
     return jobs
 
 
-def write_marker(job: submitit.Job, folder: Path, label: str, cfg: Config, paths: RunPaths) -> None:
-    """`<run dir>/slurm_job.json`: which job trains the run, where its log is, what it trains."""
-    write_json_atomic({"job_id": job.job_id, "folder": str(folder), "label": label, "split": paths.split_dir.name,
-                       "method": cfg.train.method, "seed": cfg.train.seed, "log": str(job.paths.stderr),
-                       "submitted": datetime.now().astimezone().isoformat(timespec="seconds")},
-                      paths.out_dir / MARKER)
-
-
-def read_marker(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / MARKER).read_text())
-    except (OSError, ValueError):  # none, or torn by a crash mid-write: no job to wait for
-        return None
-
-
-def queue_state(job_id: str) -> str | None:
-    """The job's state in squeue (any state slurmctld still remembers), or None when it is not listed
-    or there is no squeue here (a copy of the run directory off the cluster)."""
-    if shutil.which("squeue") is None:
-        return None
-    done = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    states = done.stdout.split()
-    return states[0] if done.returncode == 0 and states else None
-
-
-def adopted_job(run_dir: Path) -> submitit.Job | None:
-    """The SLURM job that still owns run_dir (queued, running, requeued), else None."""
-    marker = read_marker(run_dir)
-    if marker is None:
-        return None
-    state = queue_state(marker["job_id"])
-    if state is None or state in ENDED:
-        return None
-    return submitit.SlurmJob(folder=marker["folder"], job_id=marker["job_id"])
-
-
 def _logs(job: submitit.Job) -> str:
     task = job.task(0)
     return f"log {task.paths.stdout}, errors {task.paths.stderr}"
@@ -243,7 +199,7 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
     while pending:
         jobs[0].get_info(mode="force")  # one sacct call refreshes every job of the watcher
         for i, job in list(pending.items()):
-            if not job.done() and not (job.state == "UNKNOWN" and _over_in_queue(job.job_id, listed)):
+            if not job.done() and not (job.state == "UNKNOWN" and over_in_queue(job.job_id, listed)):
                 continue
             del pending[i]
             try:
@@ -259,16 +215,6 @@ def wait(jobs: Sequence[submitit.Job], labels: Sequence[str], poll_s: float = PO
         raise SlurmJobError("\n".join(errors.values()),
                             finished={labels[i]: r for i, r in enumerate(results) if i not in errors})
     return results
-
-
-def _over_in_queue(job_id: str, listed: set[str]) -> bool:
-    """For a cluster without accounting (sacct answers nothing, submitit's state stays UNKNOWN): squeue
-    shows the job ended, or no longer lists a job it listed before. Without this, a job killed before
-    it wrote its result file would be waited for forever."""
-    state = queue_state(job_id)
-    if state is not None:
-        listed.add(job_id)
-    return state in ENDED or (state is None and job_id in listed)
 
 
 def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Config] | None = None,
@@ -303,5 +249,4 @@ def train_on_slurm(cfg: Config, runs: dict[str, RunPaths], configs: dict[str, Co
     return {**done, **dict(zip(jobs, results))}
 
 
-__all__ = ["MARKER", "SlurmJobError", "TrainJob", "adopted_job", "job_config", "make_executor", "queue_state",
-           "read_marker", "submit_training", "train_on_slurm", "wait"]
+__all__ = ["SlurmJobError", "TrainJob", "job_config", "make_executor", "submit_training", "train_on_slurm", "wait"]

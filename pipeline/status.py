@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from pipeline.slurm import MARKER, queue_state, read_marker
+from pipeline.squeue import MARKER, queue_state, read_marker
 from pipeline.train.console import PROGRESS, duration
 
 if TYPE_CHECKING:

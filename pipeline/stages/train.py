@@ -31,7 +31,7 @@ def run_train(cfg: Config, paths: RunPaths) -> FitSummary | None:
 
     run.launcher: slurm trains nothing here: the run's own job is waited for while it is queued, a
     finished checkpoint is the result, else a job is submitted and waited for."""
-    from pipeline.slurm import adopted_job
+    from pipeline.squeue import adopted_job
 
     if cfg.run.launcher == "slurm":
         from pipeline.slurm import train_on_slurm

@@ -1,6 +1,6 @@
 """Stops that are not a time limit, on the real one-node cluster, each followed by the resume: SLURM's
 own requeue (SIGTERM, then SIGKILL after KillWait) mid-epoch, a bare SIGTERM (clusters that preempt
-without USR2), USR2 during an evaluation and a requeue during a checkpoint write. Every run tracks
+without USR2) and a resubmission, USR2 during an evaluation and a requeue during a checkpoint write. Every run tracks
 into its own MLflow store: the resumed job must continue the same MLflow run, and end at the same
 iteration count as an uninterrupted run (60: 6 epochs of 10)."""
 
@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.slurm import ENDED, outcome, queue_state, submit_training
+from pipeline.slurm import outcome, submit_training
+from pipeline.squeue import ENDED, queue_state
 from tests.helpers.preempt import SlowCheckpointJob, SlowEvaluationJob
 from tests.helpers.project import ROOT
 from tests.helpers.slurm import run_paths, smoke
@@ -100,20 +102,20 @@ def test_scontrol_requeue_mid_epoch_resumes_the_same_run(cluster, tiny_data, tmp
     assert_resumed(result, log, uri, run_id, "on request (SIGTERM); exiting")
 
 
-def test_a_bare_sigterm_saves_and_the_requeued_job_resumes_there(cluster, tiny_data, tmp_path, uri):
+def test_a_bare_sigterm_saves_where_it_is_and_a_resubmission_resumes_there(cluster, tiny_data, tmp_path, uri):
     # A cluster that preempts with SIGTERM alone: the job must save where it is (submitit's own
     # handler ignores SIGTERM, so the kill after the grace time would lose everything since the last
-    # checkpoint). Here SLURM does not requeue it by itself: the test does, once it has ended.
+    # checkpoint). The job is not requeued (a SIGTERM may be a cancel): the resubmitted run goes on.
     job = start(tmp_path, tiny_data, uri)
     run_id = running_run_id(uri, tmp_path / "run")
-    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True)  # a signal only, not a cancel
+    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True)  # a signal only
     log_file = Path(job.task(0).paths.stderr)
     wait_until(lambda: "exiting: SLURM requeues" in log_file.read_text(), "the job to save and exit")
     stopped_at = int(re.search(r"stopped at iteration (\d+) on request \(SIGTERM\)", log_file.read_text()).group(1))
     wait_until(lambda: queue_state(job.job_id) in ENDED, "the job to end")
-    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
-    result, log = finish(job)
-    assert assert_resumed(result, log, uri, run_id, "on request (SIGTERM)")[0] == stopped_at
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["iteration"] == stopped_at
+    result, log = finish(start(tmp_path, tiny_data, uri))
+    assert assert_resumed(result, log_file.read_text() + log, uri, run_id, "on request (SIGTERM)")[0] == stopped_at
 
 
 def test_usr2_during_an_evaluation_stops_it_and_the_resume_evaluates_first(cluster, tiny_data, tmp_path, uri):
