@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pipeline import params
-from pipeline.errors import EXIT_CODES, EXIT_INTERRUPTED, failure
+from pipeline.errors import EXIT_INTERRUPTED, exit_code_help, failure
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.stages.inputs import INPUTS_RULE
@@ -83,10 +83,15 @@ def train_invocation(args: argparse.Namespace | list[str]) -> tuple[Config, RunP
 
 def cmd_submit(args: argparse.Namespace) -> None:
     from pipeline.repro import run_submit
-    from pipeline.status import every
 
-    recorded = run_submit(load_config(args), Path.cwd(), train_invocation, not args.no_wait, every(args.status_every))
+    recorded = run_submit(load_config(args), Path.cwd(), train_invocation, not args.no_wait, args.status_every)
     print(json.dumps({"recorded": recorded}))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pipeline.predict import run_predict
+
+    print(json.dumps(run_predict(load_config(args), args.ckpt, args.images, args.out), indent=2))
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -148,9 +153,7 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     from pipeline.evidence.sensitivity import gather, write
 
-    frame = gather(args.split, args.runs, args.ablation)
-    write(frame, args.split, args.out)
-    print(frame.to_string(index=False))
+    print(write(gather(args.split, args.runs, args.ablation), args.split, args.out).to_string(index=False))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -185,14 +188,8 @@ def _version() -> str:
         return "unknown (not installed: pip install -e .)"
 
 
-def _epilog() -> str:
-    codes = {0: "success", 1: "an unexpected error, i.e. a bug (the traceback is printed)", **EXIT_CODES}
-    lines = [f"  {code:<4} {meaning}" for code, meaning in codes.items()]
-    return "exit codes:\n" + "\n".join(lines) + "\n\nDDFP_DEBUG=1 prints the traceback of every handled error too."
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddfp", description=__doc__.splitlines()[0], epilog=_epilog(),
+    parser = argparse.ArgumentParser(prog="ddfp", description=__doc__.splitlines()[0], epilog=exit_code_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -220,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root (from `ddfp download`)")
     p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>: its val.txt is evaluated")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    p = add("predict", cmd_predict, "the reported model on a folder of images: VOC-palette PNGs and overlays")
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `ddfp train` (<run>/last.pt)")
+    p.add_argument("--images", type=Path, required=True, help="folder of images (jpg, png, ...)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <stem>.png and <stem>_overlay.png")
     p = add("report", cmd_report, "tabulate the metrics of every split")
     p.add_argument("--metrics", type=Path, default=LAYOUT["metrics"], help="directory of <split>/<method>.json")
     p.add_argument("--out", type=Path, default=LAYOUT["reports"] / "results.md", help="the Markdown table to write")

@@ -86,3 +86,11 @@ def failure(err: BaseException) -> tuple[str, int] | None:
         if isinstance(err, kinds):
             return _message(err), code
     return None
+
+
+def exit_code_help() -> str:
+    """The exit codes for `ddfp --help`."""
+    codes = {0: "success", 1: "an unexpected error, i.e. a bug (the traceback is printed)", **EXIT_CODES}
+    lines = [f"  {code:<4} {meaning}" for code, meaning in codes.items()]
+    return "exit codes:\n" + "\n".join(lines) + "\n\nDDFP_DEBUG=1 prints the traceback of every handled error too."
+

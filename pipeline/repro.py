@@ -95,12 +95,14 @@ def check_no_training_overrides(cfg: Config, stage_cfg: Config, stage: str) -> N
 
 
 def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = True,
-               on_poll: Callable[[dict[str, RunPaths]], None] | None = None) -> list[str]:
+               status_every: float | None = 60.0) -> list[str]:
     """Bring the pipeline up to date with the training on SLURM; returns the train stages recorded.
 
     cfg: the command's config (params.yaml, with --set of run / slurm / tracking values): it gives
-    the SLURM resources and tracking; each run trains its stage's own config."""
+    the SLURM resources and tracking; each run trains its stage's own config. status_every: seconds
+    between status tables while waiting (None: none)."""
     from pipeline.slurm import SlurmJobError, train_on_slurm
+    from pipeline.status import every
 
     dvc(root, "repro", *BEFORE_TRAINING)
     items = train_stages(cfg)
@@ -116,8 +118,8 @@ def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = Tr
         runs[stage] = paths
     print(f"{len(todo)} train stage(s) to bring up to date on SLURM: {', '.join(todo) or 'none'}", file=sys.stderr)
     try:
-        finished = train_on_slurm(cfg, runs, configs, block=block,
-                                  on_poll=(lambda: on_poll(runs)) if on_poll else None)
+        show = every(status_every) if status_every is not None else None
+        finished = train_on_slurm(cfg, runs, configs, block=block, on_poll=(lambda: show(runs)) if show else None)
     except SlurmJobError as err:
         _commit(root, list(err.finished))  # what did finish is kept, and recorded
         raise

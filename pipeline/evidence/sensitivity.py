@@ -36,7 +36,7 @@ def gather(split: str, runs: Path, ablation: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write(frame: pd.DataFrame, split: str, out: Path) -> None:
+def write(frame: pd.DataFrame, split: str, out: Path) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(frame.to_dict(orient="records"), out / "sensitivity.json")
     text = "\n".join([
@@ -46,3 +46,4 @@ def write(frame: pd.DataFrame, split: str, out: Path) -> None:
         numeric_markdown(frame), "",
     ])
     write_text_atomic(out / "sensitivity.md", text)
+    return frame
