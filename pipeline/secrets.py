@@ -95,3 +95,8 @@ def refuse_literal_secret(text: str, key: str, why: str) -> None:
     if redact(bare) != bare:
         raise ConfigError(f"{key}: {redact(text)} holds a credential {why}; put the password in an environment "
                           "variable: ${VAR}, as in https://user:${PASSWORD}@host/path")
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line (at most 300 characters), passwords redacted: for one-line warnings."""
+    return redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__

@@ -53,6 +53,9 @@ class TrackingConfig(Section):
         default=100.0, ge=0, description="log the final checkpoint as an artifact up to this size, else its path"
     )
     num_overlays: int = Field(default=4, ge=0, le=32, description="validation prediction overlays logged per run")
+    log_model: bool = Field(default=True, description="log the reported model (inference weights) as an MLflow model")
+    register_model: bool = Field(default=False, description="and register it: one model per dataset and method, "
+                                                            "a version per run tagged with split and seed")
 
 
 class SlurmConfig(Section):

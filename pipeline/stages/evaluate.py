@@ -17,6 +17,7 @@ from ddfp.model.deeplab import build_model
 from pipeline import figures
 from pipeline.files import write_json_atomic
 from pipeline.params import Config, stored_config
+from pipeline.tracking.model_export import save_pytorch_model
 from pipeline.tracking.tracker import Tracker, open_tracker
 from pipeline.train import checkpoint
 from pipeline.train.distributed import SINGLE
@@ -107,7 +108,8 @@ def run_record(trained: Config, state: dict[str, Any], split: str, reported: str
 
 def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], results: dict[str, Any], ckpt: Path,
                    model: nn.Module, loader: DataLoader, device: torch.device) -> None:
-    """Final numbers, per-class IoU of both models, figures and the checkpoint (or its path)."""
+    """Final numbers, per-class IoU of both models, figures, the reported model as an MLflow model
+    (and its registered version), and the checkpoint (or its path)."""
     step = int(metrics["iterations"])
     scalars = {k: v for k, v in metrics.items() if k.startswith("val_miou") or k == "best_epoch"}
     per_class = {f"final_iou_{m}/{c}": v for m, r in results.items() for c, v in r["iou"].items()}
@@ -120,6 +122,12 @@ def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], resul
             tracker.log_artifact(fig, "figures")
         for fig in overlays(cfg, model, loader, device, Path(tmp)):
             tracker.log_artifact(fig, "overlays")
+        if cfg.tracking.log_model:
+            example = next(iter(loader))["img"][0]
+            tracker.log_artifact(save_pytorch_model(model, example, len(names), Path(tmp) / "model"), "model")
+            if cfg.tracking.register_model:
+                tracker.register_model(f"ddfp-{cfg.data.dataset}-{cfg.train.method}",
+                                       {"split": metrics["split"], "seed": str(metrics["seed"])})
     size_mb = ckpt.stat().st_size / 2**20
     if size_mb <= cfg.tracking.checkpoint_max_mb:
         tracker.log_artifact(ckpt, "checkpoint")

@@ -73,6 +73,8 @@ class Spool:
             return src
         folder = self.path.with_suffix("") / f"{len(list(self.path.with_suffix('').glob('*'))):05d}"
         folder.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():  # a logged model's folder
+            return Path(shutil.copytree(src, folder / src.name))
         return Path(shutil.copy2(src, folder / src.name))
 
     def replace(self, entries: list[dict[str, Any]]) -> None:

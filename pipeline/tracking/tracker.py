@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from pipeline.files import write_json_atomic
 from pipeline.params import Config
-from pipeline.secrets import redact
+from pipeline.secrets import first_line, redact
 from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, param_strings, run_note,
                                          run_spec, tracking_uri)
+from pipeline.tracking.model_export import register_version
 from pipeline.tracking.spool import Spool
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
@@ -43,6 +44,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def register_model(self, name: str, tags: dict[str, str]) -> None: ...
     def flush(self) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -58,6 +60,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None: return None
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: return None
     def set_tags(self, tags: dict[str, str]) -> None: return None
+    def register_model(self, name: str, tags: dict[str, str]) -> None: return None
     def flush(self) -> None: return None
     def finish(self, status: str = "FINISHED") -> None: return None
 
@@ -101,7 +104,7 @@ class MlflowTracker:
             return True, fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking is never allowed to stop training
             if isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500:
-                tqdm.write(f"warning: MLflow at {redact(self.uri)} refused {what} ({_first_line(err)}); dropped")
+                tqdm.write(f"warning: MLflow at {redact(self.uri)} refused {what} ({first_line(err)}); dropped")
                 return True, None
             self._outage(what, err)
             return False, None
@@ -112,7 +115,7 @@ class MlflowTracker:
         if self._warned:
             return
         self._warned = True
-        tqdm.write(f"warning: MLflow tracking at {redact(self.uri)} failed ({what}: {_first_line(err)}); training goes on, "
+        tqdm.write(f"warning: MLflow tracking at {redact(self.uri)} failed ({what}: {first_line(err)}); training goes on, "
                    f"what it logs is kept in {self.spool} and sent when the server answers again")
 
     def _online(self, force: bool = False) -> bool:
@@ -166,8 +169,11 @@ class MlflowTracker:
             self.client.log_batch(run, metrics=batch)
         elif op == "tags":
             self.client.log_batch(run, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
-        elif op == "artifact":
-            self.client.log_artifact(run, entry["file"], entry["dir"])
+        elif op == "artifact":  # a file, or a folder's files (a logged model) under entry["dir"]
+            log = self.client.log_artifacts if Path(entry["file"]).is_dir() else self.client.log_artifact
+            log(run, entry["file"], entry["dir"])
+        elif op == "register":
+            register_version(self.client, run, entry["name"], entry["tags"])
         elif op == "end":
             self.client.set_terminated(run, entry["status"])
             parent_id = self.client.get_run(run).data.tags.get(PARENT_TAG)
@@ -254,6 +260,10 @@ class MlflowTracker:
         if self._has_run():
             self._call("log artifact", {"op": "artifact", "run": self.run_id, "file": str(path), "dir": artifact_path})
 
+    def register_model(self, name: str, tags: dict[str, str]) -> None:
+        if self._has_run():
+            self._call("register model", {"op": "register", "run": self.run_id, "name": name, "tags": tags})
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._has_run():
             self._call("set tags", {"op": "tags", "run": self.run_id, "tags": {k: redact(str(v)) for k, v in tags.items()}})
@@ -277,10 +287,6 @@ class MlflowTracker:
         if self._down:
             tqdm.write(f"tracking: {len(self.spool)} calls wait in {self.spool} for MLflow at {redact(self.uri)}; "
                        "`ddfp evaluate` of this run sends them")
-
-
-def _first_line(err: Exception) -> str:
-    return redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
 
 
 def open_tracker(cfg: Config, rank: int = 0, run_dir: Path | None = None) -> MlflowTracker | NullTracker:

@@ -1,14 +1,17 @@
 """MLflow tracking: a real `mlflow server`, real sqlite stores, the report, and secret redaction."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import params
@@ -117,6 +120,53 @@ def test_training_logs_params_metrics_and_artifacts_to_a_server(mlflow_server, t
     assert {"config.yaml", "figures/confusion_teacher.png", "overlays/val_00.png"} <= artifacts
     found = client_frame(mlflow_server.url)
     assert summary.run_id in set(found["run_id"])
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_the_reported_model_is_logged_loadable_and_registered(mlflow_server, tracking_to, tiny_data, tmp_path):
+    import mlflow.pytorch
+
+    from ddfp.metrics import confusion_matrix
+    from pipeline.train.loaders import val_loader
+
+    tracking_to(mlflow_server.url)
+    cfg = tiny_cfg(**{"train.max_iters": 12, "tracking.register_model": True, "train.seed": 7})
+    summary = fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
+    out = tmp_path / "metrics" / "8.json"
+    metrics = run_evaluate(cfg, tmp_path / "run" / "last.pt", tiny_data / "dataset", tiny_data / "splits" / "8", out)
+    uri = f"runs:/{summary.run_id}/model"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
+    model = mlflow.pytorch.load_model(uri)
+    assert sum(p.numel() for p in model.parameters()) < 2 * 10**7  # the network, not the training state
+    # The logged model predicts what `ddfp evaluate` measured: the confusion matrix of its argmax over
+    # the validation list is the evaluation's, for the reported model (the teacher).
+    n = cfg.spec.num_classes
+    cm = torch.zeros(n, n, dtype=torch.long)
+    with torch.no_grad():
+        for batch in val_loader(cfg, tiny_data / "dataset", tiny_data / "splits" / "8"):
+            cm += confusion_matrix(protocol_prediction(model, batch["img"], cfg), batch["mask"], n)
+    assert metrics["reported_model"] == "teacher"
+    assert cm.tolist() == json.loads(out.with_suffix(".confusion.json").read_text())["teacher"]
+    client = MlflowClient(mlflow_server.url)
+    [version] = client.search_model_versions(f"name = 'ddfp-synthetic-ddfp' and run_id = '{summary.run_id}'")
+    assert version.source == uri and (version.tags["split"], version.tags["seed"]) == ("8", "7")
+
+
+def protocol_prediction(model, images, cfg):
+    """The evaluation protocol (whole image or sliding windows) around the logged logits model."""
+    from ddfp.inference import predict
+
+    class Segmenter(torch.nn.Module):  # the logged model returns the logits tensor itself
+        def __init__(self, logits_model):
+            super().__init__()
+            self.logits_model = logits_model
+
+        def forward(self, x):
+            return types.SimpleNamespace(logits=self.logits_model(x))
+
+    return predict(Segmenter(model), images, cfg.eval_protocol)
 
 
 def client_frame(uri: str) -> pd.DataFrame:
