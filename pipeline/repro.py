@@ -63,25 +63,28 @@ def changed(root: Path, stages: list[str]) -> list[str]:
     return [s for s in stages if s in status]
 
 
-def stage_argv(root: Path, item: dict[str, str]) -> list[str]:
-    """The train stage's command for one matrix item, as DVC interpolates it: ${item.<key>} from the
-    item, any other ${a.b} from params.yaml."""
+def stage_argv(root: Path, items: list[dict[str, str]]) -> list[list[str]]:
+    """The train stage's command for each matrix item, as DVC interpolates it: ${item.<key>} from the
+    item, any other ${a.b} from params.yaml (both files read once)."""
     template = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][TRAIN_STAGE]["cmd"]
     values = yaml.safe_load((root / "params.yaml").read_text())
 
-    def value(match: re.Match[str]) -> str:
-        keys = match.group(1).split(".")
-        if keys[0] == "item":
-            return item[keys[1]]
-        node: Any = values
-        for key in keys:
-            node = node[key]
-        return str(node)
+    def argv(item: dict[str, str]) -> list[str]:
+        def value(match: re.Match[str]) -> str:
+            keys = match.group(1).split(".")
+            if keys[0] == "item":
+                return item[keys[1]]
+            node: Any = values
+            for key in keys:
+                node = node[key]
+            return str(node)
 
-    argv = shlex.split(re.sub(r"\$\{([^}]+)\}", value, template))
-    if argv[:2] != ["ddfp", "train"]:
-        raise UsageError(f"dvc.yaml: the {TRAIN_STAGE} stage runs `{' '.join(argv[:2])}`, not `ddfp train`")
-    return argv[1:]
+        words = shlex.split(re.sub(r"\$\{([^}]+)\}", value, template))
+        if words[:2] != ["ddfp", "train"]:
+            raise UsageError(f"dvc.yaml: the {TRAIN_STAGE} stage runs `{' '.join(words[:2])}`, not `ddfp train`")
+        return words[1:]
+
+    return [argv(item) for item in items]
 
 
 def check_no_training_overrides(cfg: Config, stage_cfg: Config, stage: str) -> None:
@@ -108,8 +111,8 @@ def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = Tr
     items = train_stages(cfg)
     todo = changed(root, list(items))
     configs, runs = {}, {}
-    for stage in todo:
-        stage_cfg, paths = invocation(stage_argv(root, items[stage]))
+    for stage, argv in zip(todo, stage_argv(root, [items[stage] for stage in todo])):
+        stage_cfg, paths = invocation(argv)
         check_no_training_overrides(cfg, stage_cfg, stage)
         if not configs and stage_cfg.run.launcher != "slurm":
             print("note: run.launcher is local in params.yaml, so a plain `dvc repro` here would train on this "

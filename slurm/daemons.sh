@@ -19,3 +19,15 @@ stop() {
     kill -0 "$p" 2>/dev/null && echo "still running: $p ($1)" || echo "stopped $p ($1)"
   fi
 }
+# The slurm.conf lines both local clusters share: one machine, no cgroups, no MPI, no mail...
+slurm_conf_plugins() {
+  printf '%s\n' MpiDefault=none ProctrackType=proctrack/linuxproc TaskPlugin=task/none SelectType=select/cons_tres \
+    SelectTypeParameters=CR_Core SchedulerType=sched/backfill SwitchType=switch/none JobCompType=jobcomp/none \
+    MailProg=/bin/true
+}
+# ...and the same timeouts (KillWait: a stopped job's time to save before SIGKILL).
+slurm_conf_timing() {
+  printf '%s\n' SlurmctldDebug=info SlurmdDebug=info InactiveLimit=0 KillWait=30 MinJobAge=300 \
+    SlurmctldTimeout=120 SlurmdTimeout=300 Waittime=0
+}
+

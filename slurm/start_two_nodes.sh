@@ -40,15 +40,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$SOCKET
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SwitchType=switch/none
-JobCompType=jobcomp/none
-MailProg=/bin/true
+$(slurm_conf_plugins)
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 ReturnToService=2
@@ -60,14 +52,7 @@ StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-InactiveLimit=0
-KillWait=30
-MinJobAge=300
-SlurmctldTimeout=120
-SlurmdTimeout=300
-Waittime=0
+$(slurm_conf_timing)
 NodeName=n2 NodeAddr=127.0.0.2 Port=7819 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 NodeName=localhost NodeAddr=127.0.0.1 Port=7818 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=two Nodes=localhost,n2 Default=YES MaxTime=INFINITE State=UP
