@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # torch loads only in the commands that train
 # The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
 LAYOUT = {"data": Path("data/dataset"), "splits": Path("data/splits"), "weights": Path("data/weights"),
           "runs": Path("runs"), "metrics": Path("metrics"), "reports": Path("reports")}
+CKPT_HELP = "a trained model: models/<split>/<method>/model.pt (`ddfp train --export`), or a finished <run>/last.pt"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -72,13 +73,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(summary.scalars(), indent=2))
 
 
-def train_invocation(args: argparse.Namespace | list[str]) -> tuple[Config, RunPaths]:
-    """What `ddfp train` trains with these arguments (or argv: a train stage's command in dvc.yaml)."""
+def train_invocation(args: argparse.Namespace | list[str]) -> tuple[Config, RunPaths, Path | None]:
+    """What `ddfp train` trains with these arguments (or argv: a train stage's command in dvc.yaml),
+    and where its model goes."""
     from pipeline.stages.train import run_paths
 
     args = build_parser().parse_args(args) if isinstance(args, list) else args
     cfg = load_config(args)
-    return cfg, run_paths(cfg, args.data, args.split_dir, args.out, args.weights)
+    return cfg, run_paths(cfg, args.data, args.split_dir, args.out, args.weights), args.export
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("download", cmd_download, "fetch and verify the dataset (the demo generates it)").add_argument(
-        "--out", type=Path, required=True, help="dataset root to create")
+        "--out", type=Path, required=True, help="dataset root to create; archives are kept beside it in archives/")
     p = add("splits", cmd_splits, "validate published splits or draw seeded ones")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="directory of <split>/{labeled,unlabeled,val}.txt")
@@ -212,13 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split> (from `ddfp splits`)")
     p.add_argument("--weights", type=Path, help="backbone weights file from `ddfp weights`")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, train log)")
+    p.add_argument("--export", type=Path, help="folder for the finished run's model.pt and curves (what DVC caches)")
     p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on the validation list")
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `ddfp train` (<run>/last.pt)")
+    p.add_argument("--ckpt", type=Path, required=True, help=CKPT_HELP)
     p.add_argument("--data", type=Path, required=True, help="dataset root (from `ddfp download`)")
     p.add_argument("--split-dir", type=Path, required=True, help="data/splits/<split>: its val.txt is evaluated")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON")
     p = add("predict", cmd_predict, "the reported model on a folder of images: VOC-palette PNGs and overlays")
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `ddfp train` (<run>/last.pt)")
+    p.add_argument("--ckpt", type=Path, required=True, help=CKPT_HELP)
     p.add_argument("--images", type=Path, required=True, help="folder of images (jpg, png, ...)")
     p.add_argument("--out", type=Path, required=True, help="folder for <stem>.png and <stem>_overlay.png")
     p = add("report", cmd_report, "tabulate the metrics of every split")

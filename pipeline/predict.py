@@ -25,10 +25,10 @@ from pipeline.errors import DataError
 from pipeline.figures import colorize
 from pipeline.files import write_bytes_atomic
 from pipeline.params import Config, stored_config
-from pipeline.stages.evaluate import trained_models
-from pipeline.train import checkpoint
+from pipeline.stages.evaluate import network
 from pipeline.train.console import progress_bar
 from pipeline.train.distributed import SINGLE
+from pipeline.train.export import load_model
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ALPHA = 0.5  # the prediction's weight in the overlay
@@ -70,12 +70,11 @@ def write_outputs(rgb: np.ndarray, classes: np.ndarray, out: Path, stem: str) ->
 def run_predict(cfg: Config, ckpt: Path, images: Path, out: Path) -> dict[str, Any]:
     """Predict every image of `images` into `out`; returns what was written and what was skipped."""
     files = image_files(images)
-    state = checkpoint.load(ckpt)
+    state = load_model(ckpt, cfg)
     trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
+    name = state["model"]
     device = SINGLE.device(cfg.run.device)
-    models = trained_models(state, trained, device)
-    name = trained.reported_model(models)
-    model, protocol = models[name].eval(), trained.eval_protocol
+    model, protocol = network(state, trained, device, ckpt).eval(), trained.eval_protocol
     skipped: dict[str, str] = {}
     with progress_bar(len(files), 0, f"predict ({name}, {protocol.mode})", True) as bar:
         for path in files:

@@ -37,8 +37,8 @@ BEFORE_TRAINING = ("download", "splits", "weights")
 TRAIN_STAGE = "train"
 # The sections the command's own config gives every job (--set of them is allowed): DVC records none.
 OURS = ("run", "slurm", "tracking")
-# ddfp train's argv (without "ddfp") -> (its config, its paths): parsed by the CLI's own parser.
-Invocation = Callable[[list[str]], tuple[Config, RunPaths]]
+# ddfp train's argv (without "ddfp") -> (its config, its paths, its --export): parsed by the CLI's own parser.
+Invocation = Callable[[list[str]], tuple[Config, RunPaths, Path | None]]
 
 
 def dvc(root: Path, *args: str, capture: bool = False) -> str:
@@ -110,9 +110,9 @@ def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = Tr
     dvc(root, "repro", *BEFORE_TRAINING)
     items = train_stages(cfg)
     todo = changed(root, list(items))
-    configs, runs = {}, {}
+    configs, runs, exports = {}, {}, {}
     for stage, argv in zip(todo, stage_argv(root, [items[stage] for stage in todo])):
-        stage_cfg, paths = invocation(argv)
+        stage_cfg, paths, exports[stage] = invocation(argv)
         check_no_training_overrides(cfg, stage_cfg, stage)
         if not configs and stage_cfg.run.launcher != "slurm":
             print("note: run.launcher is local in params.yaml, so a plain `dvc repro` here would train on this "
@@ -124,9 +124,9 @@ def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = Tr
         show = every(status_every) if status_every is not None else None
         finished = train_on_slurm(cfg, runs, configs, block=block, on_poll=(lambda: show(runs)) if show else None)
     except SlurmJobError as err:
-        _commit(root, list(err.finished))  # what did finish is kept, and recorded
+        _commit(root, list(err.finished), configs, runs, exports)  # what did finish is kept, and recorded
         raise
-    _commit(root, list(finished))
+    _commit(root, list(finished), configs, runs, exports)
     if not block and len(finished) < len(todo):
         print("submitted; `ddfp submit` again waits for these jobs (it submits nothing they cover), records "
               "them in dvc.lock and runs the evaluations", file=sys.stderr)
@@ -135,7 +135,14 @@ def run_submit(cfg: Config, root: Path, invocation: Invocation, block: bool = Tr
     return list(finished)
 
 
-def _commit(root: Path, stages: list[str]) -> None:
+def _commit(root: Path, stages: list[str], configs: dict[str, Config], runs: dict[str, RunPaths],
+            exports: dict[str, Path | None]) -> None:
+    """Write each finished stage's model (what its command writes after training), then record them."""
+    from pipeline.train.export import export_run
+
+    for stage in stages:
+        if exports[stage] is not None:
+            export_run(configs[stage], runs[stage].out_dir, root / exports[stage])
     if stages:
         dvc(root, "commit", "--force", *stages)
 

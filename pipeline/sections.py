@@ -16,7 +16,8 @@ class FileSource(Section):
     url: str = Field(min_length=1)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
-    dest: str = Field(min_length=1, description="path relative to the dataset root (ddfp download --out)")
+    dest: str = Field(min_length=1, description="path relative to the dataset root (ddfp download --out); an "
+                      "archive is kept at the same path under the archives folder beside the root")
     extract: bool = False
     # Files with no published checksum (split lists at a pinned commit) may omit both hashes: the
     # download then warns and prints the sha256 to pin.
@@ -50,7 +51,8 @@ class TrackingConfig(Section):
     )
     experiment: str | None = Field(default=None, description="null: the dataset's name")
     checkpoint_max_mb: float = Field(
-        default=100.0, ge=0, description="log the final checkpoint as an artifact up to this size, else its path"
+        default=100.0, ge=0, description="without log_model: log the evaluated checkpoint as an artifact up to "
+                                           "this size, else its path"
     )
     num_overlays: int = Field(default=4, ge=0, le=32, description="validation prediction overlays logged per run")
     log_model: bool = Field(default=True, description="log the reported model (inference weights) as an MLflow model")

@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 from ddfp.data.dataset import SegDataset
 from ddfp.inference import class_scores
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
-from pipeline.params import Config, stored_config
-from pipeline.stages.evaluate import trained_models
-from pipeline.train import checkpoint
+from pipeline.params import Config, replace, stored_config
+from pipeline.stages.evaluate import network
 from pipeline.train.distributed import SINGLE
+from pipeline.train.export import load_model
 from pipeline.train.loaders import read_split_file
 
 TRAIN_LOG_KEYS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup",
@@ -45,13 +45,13 @@ def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir
     lines = read_split_file(split_dir / "unlabeled.txt")
     if any(mask is None for _, mask in lines):
         return {}  # no ground truth to score against
-    state = checkpoint.load(ckpt)
-    trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
+    teacher = replace(cfg, {"eval.model": "teacher"})  # what the pseudo-labels come from, whatever is reported
+    state = load_model(ckpt, teacher)
+    trained = stored_config({**state["config"], "eval": teacher.to_dict()["eval"]})
     spec = trained.spec
     device = SINGLE.device(cfg.run.device)
-    models = trained_models(state, trained, device)
-    name = "teacher" if "teacher" in models else "student"
-    model = models[name].eval()
+    name = state["model"]
+    model = network(state, trained, device, ckpt).eval()
     dataset = SegDataset(data_root, lines, "val", trained.data.crop_size, trained.data.scale_range, spec.num_classes)
     background = spec.class_names.index("background") if "background" in spec.class_names else None
     counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)

@@ -2,8 +2,8 @@
 
 Afterwards ``root`` holds the layout of ddfp.data.spec: Pascal ``JPEGImages/`` and
 ``SegmentationClassAug/``; Cityscapes ``leftImg8bit/`` and ``gtFine/`` with ``*_labelTrainIds.png``;
-the published split lists, where configured, in ``published_splits/``. Rerunning fetches nothing
-that is present and verified.
+the published split lists, where configured, in ``published_splits/``. The archives stay beside it
+(archive_dir). Rerunning fetches nothing that is present and verified.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ CITYSCAPES_HELP = (
     "downloads gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip), or put the data in place: "
     "{root}/leftImg8bit/{{train,val}}/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
     "{root}/gtFine/{{train,val}}/<city>/..._gtFine_labelTrainIds.png (or ..._gtFine_labelIds.png, "
-    "converted here), or the two zip files themselves as {root}/gtFine_trainvaltest.zip and "
-    "{root}/leftImg8bit_trainvaltest.zip."
+    "converted here), or the two zip files themselves as {archives}/gtFine_trainvaltest.zip and "
+    "{archives}/leftImg8bit_trainvaltest.zip."
 )
 
 
@@ -69,14 +69,29 @@ def run_download(cfg: Config, root: Path) -> None:
     _require_dirs(root, dataset)
 
 
+def archive_dir(root: Path) -> Path:
+    """Where the archives unpacked into ``root`` are kept: beside it, outside the folder DVC tracks,
+    so DVC's cache holds the extracted tree only (not the 2-11 GB archives too), and a rerun of the
+    stage (DVC removes its output first) unpacks the kept archives instead of downloading them."""
+    return root.parent / "archives"
+
+
+def local_path(src: FileSource, root: Path) -> Path:
+    """Where one configured file is kept: an archive in archive_dir, any other file in the dataset."""
+    base = (archive_dir(root) if src.extract else root).resolve()
+    dest = (base / src.dest).resolve()
+    if not dest.is_relative_to(base):
+        raise DownloadError(f"download.files: dest {src.dest!r} leaves {base}")
+    return dest
+
+
 def fetch_file(src: FileSource, dl: DownloadConfig, root: Path, session: requests.Session | None = None) -> Path:
-    """One configured file to ``root/src.dest`` (verified), unpacked beside itself if ``src.extract``."""
-    dest = (root / src.dest).resolve()
-    if not dest.is_relative_to(root.resolve()):
-        raise DownloadError(f"download.files: dest {src.dest!r} leaves the dataset root")
-    path = download(src.url, dest, src.sha256, src.md5, resolved_mirror(dl), dl.timeout_s, dl.retries, session=session)
+    """One configured file, verified, to local_path; an archive is unpacked into ``root`` at the
+    place ``src.dest`` names (its folder)."""
+    path = download(src.url, local_path(src, root), src.sha256, src.md5, resolved_mirror(dl), dl.timeout_s,
+                    dl.retries, session=session)
     if src.extract:
-        _extract_once(path)
+        _extract_once(path, (root / src.dest).parent)
     return path
 
 
@@ -92,14 +107,17 @@ def resolved_mirror(dl: DownloadConfig) -> str:
     return expand_env(dl.mirror, "download.mirror")
 
 
-def _extract_once(archive: Path) -> None:
-    # The stamp names the archive's size and mtime: a re-downloaded archive is unpacked again.
-    stamp = archive.with_name(archive.name + ".extracted")
+def _extract_once(archive: Path, into: Path) -> None:
+    # The stamp names the archive's size and mtime: a re-downloaded archive is unpacked again. It
+    # lives in the unpacked tree, so a removed tree (DVC removes a stage's output before a rerun)
+    # is unpacked again from the kept archive.
+    stamp = into / f".{archive.name}.extracted"
     key = f"{archive.stat().st_size} {archive.stat().st_mtime_ns}"
     if stamp.exists() and stamp.read_text() == key:
         return
     log.info("unpacking %s", archive.name)
-    extract(archive, archive.parent)
+    into.mkdir(parents=True, exist_ok=True)
+    extract(archive, into)
     stamp.write_text(key)
 
 
@@ -172,7 +190,7 @@ def _cityscapes(dl: DownloadConfig, root: Path) -> None:
     site = urlsplit(CITYSCAPES).hostname
     behind_login = [f for f in dl.files if urlsplit(f.url).hostname == site]
     if not _cityscapes_present(root):
-        missing = [f for f in behind_login if not (root / f.dest).exists()]
+        missing = [f for f in behind_login if not local_path(f, root).exists()]
         # A mirror serves the packages without the site's login.
         session = _cityscapes_login(root) if missing and not dl.mirror else None
         for src in behind_login:
@@ -181,7 +199,7 @@ def _cityscapes(dl: DownloadConfig, root: Path) -> None:
         if session is not None:
             session.close()
     if not _cityscapes_present(root):
-        raise DownloadError(CITYSCAPES_HELP.format(root=root))
+        raise DownloadError(CITYSCAPES_HELP.format(root=root, archives=archive_dir(root)))
     _make_train_ids(root)
     for src in dl.files:  # the split lists, once the account question is settled
         if src not in behind_login:
@@ -196,7 +214,7 @@ def _cityscapes_login(root: Path) -> requests.Session:
     """Log in as cityscapesScripts' csDownload does; the credentials appear in no message."""
     user, password = os.environ.get("CITYSCAPES_USERNAME"), os.environ.get("CITYSCAPES_PASSWORD")
     if not user or not password:
-        raise DownloadError(CITYSCAPES_HELP.format(root=root))
+        raise DownloadError(CITYSCAPES_HELP.format(root=root, archives=archive_dir(root)))
     session = requests.Session()
     session.get(f"{CITYSCAPES}/login", allow_redirects=False, timeout=60).raise_for_status()
     form = {"username": user, "password": password, "submit": "Login"}
@@ -228,4 +246,4 @@ def _make_train_ids(root: Path) -> None:
             if not dst.exists():
                 _save_mask(lut[np.asarray(Image.open(src))], dst)
     if not next((root / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"), None):
-        raise DownloadError(CITYSCAPES_HELP.format(root=root))
+        raise DownloadError(CITYSCAPES_HELP.format(root=root, archives=archive_dir(root)))

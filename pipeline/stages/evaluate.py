@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ddfp.config import ConfigError
 from ddfp.inference import predict
 from ddfp.model.deeplab import build_model
 from pipeline import figures
@@ -19,14 +20,15 @@ from pipeline.files import write_json_atomic
 from pipeline.params import Config, stored_config
 from pipeline.tracking.model_export import save_pytorch_model
 from pipeline.tracking.tracker import Tracker, open_tracker
-from pipeline.train import checkpoint
 from pipeline.train.distributed import SINGLE
+from pipeline.train.export import load_model
 from pipeline.train.loaders import val_loader
 from pipeline.train.validation import evaluate_models
 
 
 def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out: Path) -> dict[str, Any]:
-    """Evaluate student and teacher of `ckpt`; `val_miou` is the reported model's (eval.model).
+    """Evaluate the network a run reports (eval.model; the student of the supervised baseline):
+    `ckpt` is its export (model.pt) or the finished training checkpoint (last.pt).
 
     The metrics file holds scalars and the reported model's per-class IoU (what `dvc metrics show`
     should list); the sibling `<name>.run.json` says which run they are of (run id, its own trained
@@ -37,17 +39,15 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     evaluation protocol (eval.*) and tracking (tracking.*) come from the current configuration.
     Tracking first sends what the training could not (an outage), creating its run if need be.
     """
-    state = checkpoint.load(ckpt)
-    if not state.get("done"):
-        raise ValueError(f"{ckpt}: training has not finished (resume it with `ddfp train`)")
+    state = load_model(ckpt, cfg)
     current = cfg.to_dict()
     trained = stored_config({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
     device = SINGLE.device(cfg.run.device)
-    models = trained_models(state, trained, device)
+    reported = state["model"]
+    models = {reported: network(state, trained, device, ckpt)}
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)
-    reported = trained.reported_model(results)
-    tracker = open_tracker(trained, run_dir=ckpt.parent)
+    tracker = open_tracker(trained, run_dir=Path(state["run_dir"]))
     tracker.attach(state.get("run_id"))
     tracker.flush()
     run_id = tracker.run_id or state.get("run_id")
@@ -77,17 +77,15 @@ def best_evaluation(evals: list[dict[str, Any]], model: str, final_miou: float, 
     return max([*scored, (final_miou, final_epoch)], key=lambda s: s[0])
 
 
-def trained_models(state: dict[str, Any], trained: Config, device: torch.device) -> dict[str, nn.Module]:
-    """Student and teacher of a checkpoint; no teacher for the supervised baseline (it never trains)."""
-    num_classes = trained.spec.num_classes
-    models = {}
-    for name in ("student", "teacher"):
-        model = build_model(trained.model, num_classes)
-        model.load_state_dict(state[name])
-        models[name] = model.to(device)
-    if trained.train.method == "supervised":
-        models.pop("teacher")
-    return models
+def network(state: dict[str, Any], trained: Config, device: torch.device, path: Path) -> nn.Module:
+    """The exported network, refused when the configuration asks for the other one: the export of
+    a train stage follows eval.model, so `dvc repro` writes it again when eval.model changes."""
+    if trained.reported_model() != state["model"]:
+        raise ConfigError(f"eval.model is {trained.eval.model} but {path} holds the {state['model']}: run the "
+                          "train stage again (`dvc repro` does), or pass the run's last.pt")
+    model = build_model(trained.model, trained.spec.num_classes)
+    model.load_state_dict(state["weights"])
+    return model.to(device)
 
 
 RUN_KEYS = ("data.dataset", "profile", "train.method", "train.seed", "model.backbone", "perturb.eps",
@@ -108,8 +106,8 @@ def run_record(trained: Config, state: dict[str, Any], split: str, reported: str
 
 def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], results: dict[str, Any], ckpt: Path,
                    model: nn.Module, loader: DataLoader, device: torch.device) -> None:
-    """Final numbers, per-class IoU of both models, figures, the reported model as an MLflow model
-    (and its registered version), and the checkpoint (or its path)."""
+    """Final numbers, per-class IoU, figures, and the reported model as an MLflow model (and its
+    registered version), else the checkpoint (or its path)."""
     step = int(metrics["iterations"])
     scalars = {k: v for k, v in metrics.items() if k.startswith("val_miou") or k == "best_epoch"}
     per_class = {f"final_iou_{m}/{c}": v for m, r in results.items() for c, v in r["iou"].items()}
@@ -129,7 +127,7 @@ def log_evaluation(tracker: Tracker, cfg: Config, metrics: dict[str, Any], resul
                 tracker.register_model(f"ddfp-{cfg.data.dataset}-{cfg.train.method}",
                                        {"split": metrics["split"], "seed": str(metrics["seed"])})
     size_mb = ckpt.stat().st_size / 2**20
-    if size_mb <= cfg.tracking.checkpoint_max_mb:
+    if not cfg.tracking.log_model and size_mb <= cfg.tracking.checkpoint_max_mb:  # else the model has it
         tracker.log_artifact(ckpt, "checkpoint")
     tracker.set_tags({"checkpoint_path": str(ckpt.resolve()), "checkpoint_mb": f"{size_mb:.1f}",
                       "reported_model": metrics["reported_model"]})

@@ -9,8 +9,9 @@ configuration (ablations, sweeps, sensitivity runs) are browsed in the MLflow UI
 
 Writes reports/results.md (split x method, mean +- std over seeds, DDFP's gain over the supervised
 baseline; the paper's Pascal numbers beside ours on Pascal; the runs), reports/miou_vs_labels.png
-(one line per method), reports/class_iou.png and reports/training_curves.png. `summary_text` is the
-same table for the terminal (`ddfp summary`, the end of `make demo`).
+(one line per method), reports/class_iou.png, reports/training_curves.png and the data of dvc.yaml's
+top-level plots in reports/plots/. `summary_text` is the same table for the terminal (`ddfp summary`,
+the end of `make demo`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 from ddfp.config import METHODS
 from pipeline import figures
 from pipeline.errors import DataError
-from pipeline.files import write_text_atomic
+from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.params import Config
 
 # The paper's numbers: val mIoU (%), classic Pascal splits, ResNet-101. DDFP's row as quoted by
@@ -171,6 +172,18 @@ def write_figures(cfg: Config, frame: pd.DataFrame, records: dict[str, dict[str,
     figures.training_curves(curves(records), out_dir / "training_curves.png", title)
 
 
+def write_plot_data(cfg: Config, frame: pd.DataFrame, records: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    """The data of dvc.yaml's top-level plots, one line per `series` (their template is
+    .dvc/plots/series.json): the reported model's val mIoU against iteration per run, and the mean
+    final val mIoU against labelled images per method. The PNGs' numbers, for `dvc plots diff`."""
+    val = [{"series": label, "iteration": e["iteration"], "val_miou": e[f"val_miou_{run['reported_model']}"]}
+           for label, run in records.items() for e in run["evals"] if f"val_miou_{run['reported_model']}" in e]
+    summary = summarise(frame, cfg) if not frame.empty else pd.DataFrame(columns=["method", "labels", "mean"])
+    labels = [{"series": r.method, "labels": int(r.labels), "val_miou": float(r.mean)} for r in summary.itertuples()]
+    write_json_atomic(val, out_dir / "plots" / "val_miou.json")
+    write_json_atomic(labels, out_dir / "plots" / "miou_vs_labels.json")
+
+
 def best_section(frame: pd.DataFrame, cfg: Config) -> list[str]:
     """The same table for the best evaluation over training: the protocol of the authors (and of
     UniMatch), which the paper's numbers follow; the table above is the final model's."""
@@ -184,6 +197,7 @@ def best_section(frame: pd.DataFrame, cfg: Config) -> list[str]:
 
 def write_report(cfg: Config, metrics_dir: Path, out: Path) -> Path:
     frame, records, missing = load_runs(cfg, metrics_dir)
+    write_plot_data(cfg, frame, records, out.parent)
     parts = [f"# Results: {cfg.data.dataset} ({cfg.profile} profile)\n",
              f"Validation mIoU (%) per number of labelled images, of the runs whose evaluation is in "
              f"`{metrics_dir}/` (what `dvc repro` evaluated), of the final model; mean ± std (seeds) where a cell has "

@@ -26,8 +26,9 @@ def run_paths(cfg: Config, data: Path, split_dir: Path, out: Path, weights: Path
     return RunPaths(data, split_dir, out, checked_weights(cfg, weights))
 
 
-def run_train(cfg: Config, paths: RunPaths) -> FitSummary | None:
-    """Train (or resume) the run in paths.out_dir; None on the ranks of torchrun other than the first.
+def run_train(cfg: Config, paths: RunPaths, export: Path | None = None) -> FitSummary | None:
+    """Train (or resume) the run in paths.out_dir, then write its model to `export` (when given:
+    pipeline.train.export); None on the ranks of torchrun other than the first.
 
     run.launcher: slurm trains nothing here: the run's own job is waited for while it is queued, a
     finished checkpoint is the result, else a job is submitted and waited for."""
@@ -36,12 +37,18 @@ def run_train(cfg: Config, paths: RunPaths) -> FitSummary | None:
     if cfg.run.launcher == "slurm":
         from pipeline.slurm import train_on_slurm
 
-        return train_on_slurm(cfg, {paths.split_dir.name: paths})[paths.split_dir.name]
-    job = adopted_job(paths.out_dir)
-    if job is not None:  # e.g. `ddfp submit --no-wait`, then `dvc repro` with the local launcher
-        raise BusyError(f"{paths.out_dir} belongs to SLURM job {job.job_id}, still queued or running; wait for it "
-                        f"(`ddfp submit` does) or `scancel {job.job_id}`")
-    return _train_here(cfg, paths)
+        summary = train_on_slurm(cfg, {paths.split_dir.name: paths})[paths.split_dir.name]
+    else:
+        job = adopted_job(paths.out_dir)
+        if job is not None:  # e.g. `ddfp submit --no-wait`, then `dvc repro` with the local launcher
+            raise BusyError(f"{paths.out_dir} belongs to SLURM job {job.job_id}, still queued or running; wait "
+                            f"for it (`ddfp submit` does) or `scancel {job.job_id}`")
+        summary = _train_here(cfg, paths)
+    if summary is not None and export is not None:
+        from pipeline.train.export import export_run
+
+        export_run(cfg, paths.out_dir, export)
+    return summary
 
 
 def _train_here(cfg: Config, paths: RunPaths) -> FitSummary | None:

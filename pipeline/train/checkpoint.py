@@ -128,8 +128,9 @@ def _damage(err: Exception, path: Path) -> str:
     return f"damaged: {str(err).strip().split('. ')[0] or type(err).__name__}"
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The checkpoint at path, or a DataError naming the file and why it cannot be used."""
+def load(path: Path, device: torch.device | str = "cpu", keys: tuple[str, ...] = KEYS,
+         kind: str = "training checkpoint") -> dict[str, Any]:
+    """The checkpoint at path holding `keys`, or a DataError naming the file and why it cannot be used."""
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     try:
@@ -140,9 +141,9 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
             raise UntrustedCheckpoint(f"{path}: refused: not a plain checkpoint "
                                       f"(it asks to run code: {asked})") from None
         raise DataError(f"{path}: cannot load it ({_damage(err, path)})") from None
-    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys) or ["a mapping"]
     if missing:
-        raise DataError(f"{path}: cannot load it (not a training checkpoint: missing {', '.join(missing)})")
+        raise DataError(f"{path}: cannot load it (not a {kind}: missing {', '.join(missing)})")
     return state
 
 

@@ -1,6 +1,7 @@
 """`dvc repro` of the smoke profile in a real git repo: stages, caching, params, code deps, kill and
 resume; and the stages' code deps checked against what their commands import."""
 
+import hashlib
 import json
 import os
 import re
@@ -64,6 +65,7 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     assert re.search(r"^\|\s*8\s*\|", report, re.M) and re.search(r"^\|\s*16\s*\|", report, re.M)
     second = run(["dvc", "repro"], dest, env).stdout
     assert ran_stages(second) == set()
+    assert_lean_cache(dest, env)
     values = (dest / "params.yaml").read_text()
     (dest / "params.yaml").write_text(values.replace("eps: 4.0", "eps: 2.0"))
     status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
@@ -79,7 +81,9 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     run(["dvc", "repro"], dest, env)  # everything current (a no-op after the test above)
     reference = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
     ckpt = dest / "runs" / "8" / "ddfp" / "last.pt"
-    ckpt.unlink()
+    ckpt.unlink()  # no DVC output (the resume state is not cached): DVC sees nothing changed...
+    assert "train@8-ddfp" not in changed_stages(dest, env)
+    (dest / "models" / "8" / "ddfp" / "model.pt").unlink()  # ...until the run's model is gone too: a first run
     proc = subprocess.Popen(["dvc", "repro", "train@8-ddfp"], cwd=dest, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -93,6 +97,25 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     assert "train@8-ddfp" in ran_stages(out.stdout) <= {"train@8-ddfp", "evaluate@8-ddfp", "report"}
     resumed = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
     assert resumed["val_miou"] == reference["val_miou"] and resumed["iterations"] == reference["iterations"]
+
+
+def assert_lean_cache(dest: Path, env: dict[str, str]) -> None:
+    """DVC's cache holds each run's exported model, never its resume state; the curves are git-tracked."""
+    cached = {p.parent.name + p.name for p in (dest / ".dvc" / "cache" / "files" / "md5").rglob("*") if p.is_file()}
+    for split in ("8", "16"):
+        for method in ("supervised", "ddfp"):
+            model, resume = dest / "models" / split / method / "model.pt", dest / "runs" / split / method / "last.pt"
+            assert model.is_file() and resume.is_file()
+            assert 3 * model.stat().st_size < resume.stat().st_size  # ddfp: no student, flow or optimisers
+            assert md5_of(model) in cached and md5_of(resume) not in cached
+            for curve in ("train_log.json", "val_log.json"):
+                path = f"models/{split}/{method}/{curve}"
+                assert run(["git", "check-ignore", "-q", path], dest, env, check=False).returncode == 1, path
+    assert run(["git", "check-ignore", "-q", "models/8/ddfp/model.pt"], dest, env, check=False).returncode == 0
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def changed_stages(dest, env) -> set[str]:
@@ -175,7 +198,7 @@ def test_a_method_edit_retrains_from_scratch(project):
 
 # The modules each stage's `ddfp` subcommand imports (pipeline/cli.py's cmd_* delegate to them).
 STAGE_MODULES = {"download": ["pipeline.stages.download", "pipeline.stages.synthetic"], "splits": ["pipeline.stages.splits"],
-                 "weights": ["pipeline.stages.weights"], "train": ["pipeline.stages.train", "pipeline.train.fit",
+                 "weights": ["pipeline.stages.weights"], "train": ["pipeline.stages.train", "pipeline.train.fit", "pipeline.train.export",
                                                                    "pipeline.slurm"],
                  "evaluate": ["pipeline.stages.evaluate"], "report": ["pipeline.stages.report"]}
 # In ddfp/ but not imported by train: the dataset generator, whose output reaches it through
@@ -220,9 +243,35 @@ def test_the_train_stage_reads_exactly_the_values_that_can_change_a_run():
     # One list decides this and the resume fingerprint (pipeline.params.NOT_TRAINING). The values
     # left out reach the stage another way: train.method is the matrix item on its command line, the
     # generated dataset's and the split lists' values come in through data/dataset and data/splits.
-    declared = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
+    # eval.model is the one value besides them: which network the stage exports (model.pt).
+    declared = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]) - {"eval.model"}
     keys = set(params.load(profile="smoke").training_values())
     via_deps = {k for k in keys if k.startswith("synthetic.")} | {"train.method", "data.splits", "data.split_seed"}
     read = {k for k in keys if k in declared or k.split(".")[0] in declared}
     assert read == keys - via_deps
     assert all(d in keys or any(k.startswith(f"{d}.") for k in keys) for d in declared), declared
+
+
+@slow
+def test_an_experiment_trains_only_what_its_value_changes_and_keeps_its_curves(project):
+    # A temporary experiment (what `dvc queue` runs) has no runs/ folder: the unchanged stages' models
+    # come from the cache, the changed ones train from scratch, and the curves come back with it.
+    dest, env = project
+    run(["dvc", "repro"], dest, env)
+    out = run(["dvc", "exp", "run", "--temp", "-n", "eps2", "-S", "perturb.eps=2.0"], dest, env)
+    assert ran_stages(out.stdout) == {"train@8-ddfp", "train@16-ddfp", "evaluate@8-ddfp", "evaluate@16-ddfp",
+                                      "report"}, out.stdout
+    assert "eps: 4.0" in (dest / "params.yaml").read_text()  # the workspace is left as it was
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "eps2"]
+    assert len(exps) == 1, json.dumps(shown)[:2000]
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["perturb"]["eps"] == 2.0
+    evaluated = data["metrics"]["metrics/8/ddfp.json"]["data"]
+    assert evaluated["method"] == "ddfp" and 0 <= evaluated["val_miou"] <= 100
+    base = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
+    assert evaluated["run_id"] != base["run_id"]  # a run of its own, not the workspace's
+    plots = json.loads(run(["dvc", "plots", "diff", "eps2", "--json", "--split", "--targets",
+                            "models/8/ddfp/val_log.json"], dest, env).stdout)
+    revs = {d["rev"] for spec in plots["data"]["models/8/ddfp/val_log.json"] for d in spec["content"]["data"]["values"]}
+    assert "eps2" in revs and "workspace" in revs, revs

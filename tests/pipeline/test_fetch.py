@@ -7,6 +7,7 @@ for one tiny tar in the exact VOC layout).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import io
 import logging
 import os
@@ -51,6 +52,12 @@ def test_voc_tar_over_http_lands_in_the_spec_layout(server: FileServer, tmp_path
     seen = len(server.requests)
     run_download(cfg, root)  # present and verified: no request
     assert len(server.requests) == seen
+    # The archive is kept beside the dataset, not in it (DVC caches the dataset folder): a removed
+    # dataset (DVC removes a stage's output before rerunning it) is unpacked again, not downloaded.
+    assert not list(root.rglob("*.tar")) and (tmp_path / "archives" / "VOCtrainval.tar").is_file()
+    shutil.rmtree(root)
+    run_download(cfg, root)
+    assert len(server.requests) == seen and (root / "SegmentationClassAug" / "a.png").is_file()
 
 
 def test_wrong_checksum_names_file_and_both_hashes_and_leaves_nothing(server: FileServer, tmp_path: Path) -> None:

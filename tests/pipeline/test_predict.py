@@ -14,8 +14,8 @@ from PIL import Image
 from ddfp.data.dataset import SegDataset
 from ddfp.data.masks import voc_palette
 from ddfp.metrics import confusion_matrix
-from pipeline.stages.evaluate import trained_models
-from pipeline.train import checkpoint
+from pipeline.stages.evaluate import network
+from pipeline.train.export import export_run, load_model
 from pipeline.train.fit import fit
 from pipeline.train.loaders import read_split_file
 from pipeline.train.validation import confusion
@@ -28,7 +28,7 @@ PREDICT = [sys.executable, "-m", "pipeline.cli", "predict", "--profile", "smoke"
 def test_predict_writes_the_evaluation_s_predictions_and_skips_unreadable_images(tiny_data, tmp_path):
     cfg = tiny_cfg(**{"train.max_iters": 12})  # into the DDFP phase: the teacher is the reported model
     fit(cfg, paths(tiny_data, tmp_path / "run"), progress=False)
-    ckpt = tmp_path / "run" / "last.pt"
+    ckpt = export_run(cfg, tmp_path / "run", tmp_path / "model")  # model.pt, what the train stage exports
     lines = read_split_file(tiny_data / "splits" / "8" / "val.txt")[:2]
     images = tmp_path / "images"
     images.mkdir()
@@ -59,7 +59,7 @@ def test_predict_writes_the_evaluation_s_predictions_and_skips_unreadable_images
         ours += confusion_matrix(classes[None], sample["mask"][None], n)
         overlay = Image.open(tmp_path / "out" / f"{image.rsplit('/', 1)[-1].rsplit('.', 1)[0]}_overlay.png")
         assert overlay.mode == "RGB" and overlay.size == png.size
-    teacher = trained_models(checkpoint.load(ckpt), cfg, torch.device("cpu"))["teacher"]
+    teacher = network(load_model(ckpt, cfg), cfg, torch.device("cpu"), ckpt)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1)
     assert torch.equal(ours, confusion(teacher, loader, cfg, torch.device("cpu")))
     assert not (tmp_path / "out" / "notes.png").exists()

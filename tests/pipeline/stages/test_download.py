@@ -102,15 +102,16 @@ def test_cityscapes_without_credentials_says_what_to_put_where(tmp_path: Path, m
     shipped = [f.model_dump() for f in load(profile="cityscapes").download.files if "cityscapes-dataset" in f.url]
     with pytest.raises(DownloadError) as err:
         dl.run_download(city_cfg(shipped), tmp_path / "data")
-    for needle in ("CITYSCAPES_USERNAME", "leftImg8bit/{train,val}", "_gtFine_labelTrainIds.png"):
+    for needle in ("CITYSCAPES_USERNAME", "leftImg8bit/{train,val}", "_gtFine_labelTrainIds.png",
+                   f"{tmp_path / 'archives' / 'gtFine_trainvaltest.zip'}"):
         assert needle in str(err.value)
 
 
 def test_cityscapes_zip_put_in_place_by_hand_needs_no_login(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("CITYSCAPES_USERNAME", raising=False)
     root = tmp_path / "data"
-    root.mkdir()
-    city_zip(root / "gtFine_trainvaltest.zip")
+    (tmp_path / "archives").mkdir()
+    city_zip(tmp_path / "archives" / "gtFine_trainvaltest.zip")  # where the help text says
     cfg = city_cfg([{"url": "https://www.cityscapes-dataset.com/file-handling/?packageID=1",
                      "dest": "gtFine_trainvaltest.zip", "extract": True}])
     dl.run_download(cfg, root)

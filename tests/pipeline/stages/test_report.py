@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -33,7 +34,7 @@ def write_evaluated(metrics_dir, split, run_id, eps, miou, seed=2, method="ddfp"
     (metrics_dir / split).mkdir(parents=True, exist_ok=True)
     (metrics_dir / split / f"{method}.json").write_text(json.dumps({
         "val_miou": miou, "reported_model": "teacher", "method": method, "split": split, "dataset": "synthetic",
-        "seed": seed, "iterations": 40, "run_id": run_id, "val_miou_student": miou - 2, "val_miou_teacher": miou,
+        "seed": seed, "iterations": 40, "run_id": run_id, "val_miou_teacher": miou,
         "val_miou_best": best_miou, "best_epoch": best_epoch, "per_class_iou": iou}))
     (metrics_dir / split / f"{method}.run.json").write_text(json.dumps({
         "run_id": run_id, "split": split, "iterations": 40, "reported_model": "teacher",
@@ -186,3 +187,24 @@ def test_two_evaluated_runs_with_different_eps_each_show_their_own(tiny_data, tm
         assert run_row(text, run_id)[3] == str(eps), text
         assert (tmp_path / f"r{eps:g}" / "training_curves.png").stat().st_size > 5_000
 
+
+
+def test_the_top_level_plots_get_every_run_s_curve_and_each_method_s_labels_line(tmp_path):
+    # Rows of dvc.yaml's top-level plots: one `series` per run (curves) and per method (mIoU vs labels).
+    for split, miou in (("8", 30.0), ("16", 40.0)):
+        write_evaluated(tmp_path / "metrics", split, f"run{split}", eps=4.0, miou=miou)
+        write_evaluated(tmp_path / "metrics", split, f"sup{split}", eps=4.0, miou=miou - 10, method="supervised")
+    cfg = smoke(**{"data.splits": ["8", "16"]})
+    out = write_report(cfg, tmp_path / "metrics", tmp_path / "reports" / "results.md")
+    val = json.loads((out.parent / "plots" / "val_miou.json").read_text())
+    # The reported model's evaluations only: the teacher's, which the fixture's first evaluation lacks.
+    assert {(r["series"], r["iteration"], r["val_miou"]) for r in val} == {
+        ("ddfp / 8", 40, 30.0), ("supervised / 8", 40, 20.0), ("ddfp / 16", 40, 40.0), ("supervised / 16", 40, 30.0)}
+    labels = json.loads((out.parent / "plots" / "miou_vs_labels.json").read_text())
+    assert sorted((r["series"], r["labels"], r["val_miou"]) for r in labels) == [
+        ("ddfp", 8, 30.0), ("ddfp", 16, 40.0), ("supervised", 8, 20.0), ("supervised", 16, 30.0)]
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    drawn = {f for p in plots for spec in p.values() for f in spec["y"]}
+    assert drawn == {"reports/plots/val_miou.json", "reports/plots/miou_vs_labels.json"}
+    assert all(spec["template"] == "series" for p in plots for spec in p.values())
+    assert (ROOT / ".dvc" / "plots" / "series.json").is_file()
