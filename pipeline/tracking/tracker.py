@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
@@ -26,43 +26,12 @@ from pipeline.secrets import first_line, redact
 from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, param_strings, run_note,
                                          run_spec, tracking_uri)
 from pipeline.tracking.model_export import register_version
+from pipeline.tracking.protocol import NullTracker, Tracker
 from pipeline.tracking.spool import Spool
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)
 RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its tracker created
-
-
-class Tracker(Protocol):
-    """What the trainer and the evaluate stage ask of a tracker (NullTracker, MlflowTracker)."""
-
-    run_id: str | None
-
-    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
-              parent_id: str | None = None) -> None: ...
-    def attach(self, run_id: str | None) -> None: ...
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
-    def register_model(self, name: str, tags: dict[str, str]) -> None: ...
-    def flush(self) -> None: ...
-    def finish(self, status: str = "FINISHED") -> None: ...
-
-
-class NullTracker:
-    """Tracks nothing (other ranks, tracking disabled); every method does nothing."""
-
-    run_id: str | None = None
-
-    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
-              parent_id: str | None = None) -> None: return None
-    def attach(self, run_id: str | None) -> None: return None
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: return None
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: return None
-    def set_tags(self, tags: dict[str, str]) -> None: return None
-    def register_model(self, name: str, tags: dict[str, str]) -> None: return None
-    def flush(self) -> None: return None
-    def finish(self, status: str = "FINISHED") -> None: return None
 
 
 class MlflowTracker:
