@@ -28,6 +28,7 @@ from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo
 from pipeline.tracking.model_export import register_version
 from pipeline.tracking.protocol import NullTracker, Tracker
 from pipeline.tracking.spool import Spool
+from pipeline.tracking.system_metrics import SystemMetrics, sampling_interval
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)
@@ -53,6 +54,7 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
         self.spool = Spool(run_dir)
+        self.system = SystemMetrics(uri)  # sampling starts with a started run (not an attached one)
         self._pending_create = self.spool.has("create")  # a run that exists only in the spool so far
         # A spool left by an earlier process (killed during an outage) goes out with the first call.
         self._down, self._warned = len(self.spool) > 0, False
@@ -103,6 +105,7 @@ class MlflowTracker:
         self._down, self._warned, self._pending_create, self._wait = False, False, False, RECONNECT_S[0]
         if entries:
             tqdm.write(f"MLflow at {redact(self.uri)} answers again: sent the {len(entries)} kept tracking calls")
+            self.system.restart(self.run_id)
         return True
 
     def guard(self, what: str, fn, *args, **kwargs) -> Any:
@@ -197,12 +200,14 @@ class MlflowTracker:
 
     # ---- the Tracker protocol ----------------------------------------------------------------
     def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None, parent_id: str | None = None) -> None:
+        self.system.interval_s = sampling_interval(cfg.tracking)
         if resume_id is None and self._pending_create:
             # A killed training whose run exists only in the spool: create it, then go on in it.
             if not self._online(force=True):
                 return
             resume_id = self.run_id
         if self._online() and self._attempt("start run", self._start, cfg, info, resume_id, parent_id)[0]:
+            self.system.start(self.run_id, resume=resume_id is not None)
             return
         if resume_id is not None:
             self.run_id = resume_id  # the run exists; finish sends its status
@@ -243,6 +248,7 @@ class MlflowTracker:
         self._say_pending()
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.system.stop()
         if self._has_run():
             self._online(force=True)  # the last chance of this process: the backlog first, in order
             self._call("end run", {"op": "end", "run": self.run_id, "status": status})
@@ -250,6 +256,8 @@ class MlflowTracker:
 
     def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
         """End any run of this store (not only this tracker's) as `status`; dropped during an outage."""
+        if run_id == self.run_id:  # a sweep trial's tracker ends its own run here, not in finish
+            self.system.stop()
         self.guard("end run", self.client.set_terminated, run_id, status, end_time)
 
     def _say_pending(self) -> None:
