@@ -58,6 +58,12 @@ class TrackingConfig(Section):
     log_model: bool = Field(default=True, description="log the reported model (inference weights) as an MLflow model")
     register_model: bool = Field(default=False, description="and register it: one model per dataset and method, "
                                                             "a version per run tagged with split and seed")
+    system_metrics: bool = Field(default=True, description="log CPU, memory, disk, network and NVIDIA GPU use "
+                                                           "under system/ in each training run (MLflow's monitor)")
+    system_metrics_interval_s: float = Field(
+        default=10.0, ge=0.1, description="seconds between samples (each also reads the run's status from the "
+                                          "store); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it"
+    )
 
 
 class SlurmConfig(Section):

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
@@ -26,43 +26,13 @@ from pipeline.secrets import first_line, redact
 from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo, param_strings, run_note,
                                          run_spec, tracking_uri)
 from pipeline.tracking.model_export import register_version
+from pipeline.tracking.protocol import NullTracker, Tracker
 from pipeline.tracking.spool import Spool
+from pipeline.tracking.system_metrics import SystemMetrics, sampling_interval
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)
 RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its tracker created
-
-
-class Tracker(Protocol):
-    """What the trainer and the evaluate stage ask of a tracker (NullTracker, MlflowTracker)."""
-
-    run_id: str | None
-
-    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
-              parent_id: str | None = None) -> None: ...
-    def attach(self, run_id: str | None) -> None: ...
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
-    def register_model(self, name: str, tags: dict[str, str]) -> None: ...
-    def flush(self) -> None: ...
-    def finish(self, status: str = "FINISHED") -> None: ...
-
-
-class NullTracker:
-    """Tracks nothing (other ranks, tracking disabled); every method does nothing."""
-
-    run_id: str | None = None
-
-    def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None,
-              parent_id: str | None = None) -> None: return None
-    def attach(self, run_id: str | None) -> None: return None
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: return None
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: return None
-    def set_tags(self, tags: dict[str, str]) -> None: return None
-    def register_model(self, name: str, tags: dict[str, str]) -> None: return None
-    def flush(self) -> None: return None
-    def finish(self, status: str = "FINISHED") -> None: return None
 
 
 class MlflowTracker:
@@ -84,6 +54,7 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id: str | None = None
         self.spool = Spool(run_dir)
+        self.system = SystemMetrics(uri)  # sampling starts with a started run (not an attached one)
         self._pending_create = self.spool.has("create")  # a run that exists only in the spool so far
         # A spool left by an earlier process (killed during an outage) goes out with the first call.
         self._down, self._warned = len(self.spool) > 0, False
@@ -134,6 +105,7 @@ class MlflowTracker:
         self._down, self._warned, self._pending_create, self._wait = False, False, False, RECONNECT_S[0]
         if entries:
             tqdm.write(f"MLflow at {redact(self.uri)} answers again: sent the {len(entries)} kept tracking calls")
+            self.system.restart(self.run_id)
         return True
 
     def guard(self, what: str, fn, *args, **kwargs) -> Any:
@@ -228,12 +200,14 @@ class MlflowTracker:
 
     # ---- the Tracker protocol ----------------------------------------------------------------
     def start(self, cfg: Config, info: RunInfo, resume_id: str | None = None, parent_id: str | None = None) -> None:
+        self.system.interval_s = sampling_interval(cfg.tracking)
         if resume_id is None and self._pending_create:
             # A killed training whose run exists only in the spool: create it, then go on in it.
             if not self._online(force=True):
                 return
             resume_id = self.run_id
         if self._online() and self._attempt("start run", self._start, cfg, info, resume_id, parent_id)[0]:
+            self.system.start(self.run_id, resume=resume_id is not None)
             return
         if resume_id is not None:
             self.run_id = resume_id  # the run exists; finish sends its status
@@ -274,6 +248,7 @@ class MlflowTracker:
         self._say_pending()
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.system.stop()
         if self._has_run():
             self._online(force=True)  # the last chance of this process: the backlog first, in order
             self._call("end run", {"op": "end", "run": self.run_id, "status": status})
@@ -281,6 +256,8 @@ class MlflowTracker:
 
     def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
         """End any run of this store (not only this tracker's) as `status`; dropped during an outage."""
+        if run_id == self.run_id:  # a sweep trial's tracker ends its own run here, not in finish
+            self.system.stop()
         self.guard("end run", self.client.set_terminated, run_id, status, end_time)
 
     def _say_pending(self) -> None:

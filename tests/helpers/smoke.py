@@ -11,5 +11,10 @@ def tiny_cfg(**overrides):
     return params.replace(params.load(profile="smoke"), {**base, **overrides})
 
 
+def tracked_cfg(**overrides):
+    """tiny_cfg with tracking on (the store: $MLFLOW_TRACKING_URI, which the tests point)."""
+    return tiny_cfg(**{"tracking.enabled": True, **overrides})
+
+
 def paths(data, out):
     return RunPaths(data / "dataset", data / "splits" / "8", out)

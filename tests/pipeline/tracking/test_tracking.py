@@ -28,31 +28,11 @@ from pipeline.tracking.identity import dvc_hashes, group_hash
 from pipeline.tracking.spool import Spool
 from pipeline.tracking.tracker import MlflowTracker, NullTracker, Tracker
 from pipeline.train.fit import fit
-from tests.helpers.mlflow_server import MlflowServer, free_port
+from tests.helpers.mlflow_server import free_port
 from tests.helpers.project import ROOT
 from tests.helpers.services import require_service
 from tests.helpers.smoke import paths
-from tests.helpers.smoke import tiny_cfg as untracked_cfg
-
-
-def tiny_cfg(**overrides):
-    return untracked_cfg(**{"tracking.enabled": True, **overrides})
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def tracking_to(monkeypatch):
-    def point(uri: str) -> str:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        return uri
-
-    return point
+from tests.helpers.smoke import tracked_cfg as tiny_cfg
 
 
 def runs_named(uri: str, name: str):
