@@ -16,29 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pipeline import params
+from pipeline.cli_args import LAYOUT, config_args, load_config
 from pipeline.errors import EXIT_INTERRUPTED, exit_code_help, failure
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.stages.inputs import INPUTS_RULE
+from pipeline.sweep.command import add_sweep_parser
 
 if TYPE_CHECKING:  # torch loads only in the commands that train
     from pipeline.train.trainer import RunPaths
 
-# The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
-LAYOUT = {"data": Path("data/dataset"), "splits": Path("data/splits"), "weights": Path("data/weights"),
-          "runs": Path("runs"), "metrics": Path("metrics"), "reports": Path("reports")}
 CKPT_HELP = "a trained model: models/<split>/<method>/model.pt (`ddfp train --export`), or a finished <run>/last.pt"
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
-    p.add_argument("--profile", help="use pipeline/profiles/<name>.yaml instead of the params file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set perturb.eps=2.0 (repeatable)")
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    return params.load(args.params, args.profile, params.parse_overrides(args.overrides))
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -165,24 +153,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=None if args.json else 2))
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
-    """Run or continue an Optuna study (sweep.n_trials in total), then write reports/sweep/<study>/."""
-    from pipeline.stages.inputs import resolve_inputs
-    from pipeline.sweep.launch import run_sweep
-    from pipeline.sweep.study import SweepPaths
-
-    flags = {"sweep.n_trials": args.n_trials, "sweep.workers": args.workers, "sweep.study": args.study}
-    cfg = params.replace(load_config(args), {k: v for k, v in flags.items() if v is not None})
-    split = cfg.sweep_split
-    inputs = resolve_inputs(cfg, [split], data=args.data, weights=args.weights,
-                            splits_dir=args.split_dir.parent if args.split_dir else args.splits_dir)
-    split_dir = args.split_dir or inputs.splits / split
-    paths = SweepPaths(inputs.data, split_dir, inputs.weights, args.runs / cfg.sweep.study,
-                       args.reports / cfg.sweep.study)
-    summary = run_sweep(cfg, paths)  # a SweepError (a JobError) exits 4 through main
-    print(json.dumps({**summary, "reports": str(paths.reports)}, indent=2))
-
-
 def _version() -> str:
     try:
         return importlib.metadata.version("ddfp")
@@ -198,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        _config_args(p)
+        config_args(p)
         p.set_defaults(fn=fn)
         return p
 
@@ -244,16 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-every", type=float, default=60.0, help="seconds between status tables while waiting")
     add("status", cmd_status, "one line per run: SLURM state, iteration, val mIoU, ETA, log").add_argument(
         "runs", nargs="*", type=Path, default=[LAYOUT["runs"]], help="run directories or folders of them (runs/)")
-    p = add("sweep", cmd_sweep, "Optuna sweep of eps and the threshold (the `sweep` params section)")
-    p.add_argument("--n-trials", type=int, help="the study's total trials (sweep.n_trials)")
-    p.add_argument("--workers", type=int, help="parallel workers: processes, or SLURM array tasks (sweep.workers)")
-    p.add_argument("--study", help="study name (sweep.study); storage: sweep.storage or $OPTUNA_STORAGE")
-    p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
-    p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")
-    p.add_argument("--split-dir", type=Path, help="the split's own folder, only read (default: <splits-dir>/<sweep.split>)")
-    p.add_argument("--weights", type=Path, help="<backbone>.pth, only read (default: as --data)")
-    p.add_argument("--runs", type=Path, default=LAYOUT["runs"] / "sweep", help="trial directories <runs>/<study>/trial_<n>")
-    p.add_argument("--reports", type=Path, default=LAYOUT["reports"] / "sweep", help="outputs in <reports>/<study>/")
+    add_sweep_parser(add)
     p = add("ablation", cmd_ablation, "the controlled ablation: every arm at the smallest split, the label curve")
     p.add_argument("--data", type=Path, help=f"dataset root, only read (default: {INPUTS_RULE})")
     p.add_argument("--splits-dir", type=Path, help="holds <split>/labeled.txt ..., only read (default: as --data)")

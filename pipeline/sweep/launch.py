@@ -16,12 +16,14 @@ import submitit
 from ddfp.config import ConfigError
 from pipeline.params import Config, from_mapping
 from pipeline.secrets import redact, refuse_literal_secret
+from pipeline.sweep.fingerprint import check_fingerprint
 from pipeline.sweep.outputs import write_outputs
 from pipeline.sweep.study import (
     SweepError,
     SweepPaths,
     budget,
     load_study,
+    refuse_journal_workers,
     run_worker,
     storage_url,
     trial_config,
@@ -108,8 +110,10 @@ def run_sweep(cfg: Config, paths: SweepPaths) -> dict[str, Any]:
     """Run (or continue) the study to sweep.n_trials, write reports/sweep/<study>/; returns its summary."""
     s = cfg.sweep
     check_space(cfg)
+    refuse_journal_workers(cfg)
     shown = redact(storage_url(cfg))
     study = load_study(cfg)
+    check_fingerprint(study, cfg)  # here, before any worker starts: they load the study it checked
     left = max(budget(study, s.n_trials)[0], 0)
     print(f"study {s.study} in {shown}: {len(study.trials)} trials so far, {left} to start, {s.workers} worker(s)",
           file=sys.stderr, flush=True)

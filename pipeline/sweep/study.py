@@ -4,7 +4,8 @@ Each trial derives its config with `config.replace` (search values over the swee
 schedule), trains with `fit` in its own directory and reports every evaluation to the pruner. The
 objective is the final val mIoU of the reported model.
 
-Workers are separate processes pulling trials from one storage (sqlite, PostgreSQL, a journal file):
+Workers are separate processes pulling trials from one storage (sqlite, PostgreSQL; a journal file
+only for a single worker, having no heartbeat):
 `sweep.workers` local processes, or a SLURM job array with run.launcher: slurm. `sweep.n_trials`
 is the study's total, so a rerun (or a second worker) continues the study instead of adding to it;
 the check-then-ask step holds a file lock in the sweep's run directory so workers never overshoot.
@@ -62,11 +63,30 @@ def storage_url(cfg: Config) -> str:
     return cfg.sweep.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{project_dir() / 'optuna.db'}"
 
 
+def is_journal(url: str) -> bool:
+    return url.startswith("journal:")
+
+
+def refuse_journal_workers(cfg: Config) -> None:
+    """ConfigError for a journal storage with more than one worker.
+
+    Optuna 5.0's JournalStorage has no heartbeat (it is no optuna.storages BaseHeartbeat), so the trial
+    of a killed or preempted worker stays RUNNING for good: never retried, and counted in the budget,
+    so the study ends short while the other workers go on as if nothing happened. A single local
+    worker is allowed (a journal file needs no server): its death ends the sweep where it is seen."""
+    if is_journal(storage_url(cfg)) and (cfg.sweep.workers > 1 or cfg.run.launcher == "slurm"):
+        how = "a SLURM job array" if cfg.run.launcher == "slurm" else f"sweep.workers={cfg.sweep.workers}"
+        raise ConfigError(f"sweep.storage {redact(storage_url(cfg))}: a journal file cannot serve {how}: Optuna's "
+                          "JournalStorage has no heartbeat, so the trial of a killed worker would stay RUNNING "
+                          "forever and never be retried; use sqlite on a local disk (sqlite:///optuna.db, one "
+                          "host) or PostgreSQL (postgresql+psycopg2://user:${PGPASSWORD}@host/db)")
+
+
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
     """journal:PATH (journal:///abs or journal:rel) -> a journal file; anything else -> RDBStorage,
     with the heartbeat that retries the trials of dead workers (sweep.heartbeat_interval_s)."""
     s, url = cfg.sweep, expand_env(storage_url(cfg), "sweep.storage")
-    if url.startswith("journal:"):
+    if is_journal(url):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path = path if path.is_absolute() else project_dir() / path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,5 +262,5 @@ def run_worker(cfg: Config, paths: SweepPaths, parent_run_id: str | None, worker
     return ran
 
 
-__all__ = ["SweepPaths", "SweepError", "storage_url", "open_storage", "load_study", "trial_config", "run_trial",
+__all__ = ["SweepPaths", "SweepError", "storage_url", "is_journal", "refuse_journal_workers", "open_storage", "load_study", "trial_config", "run_trial",
            "run_worker", "budget", "open_parent_run"]

@@ -3,8 +3,6 @@ killed mid-trial (heartbeat retry), a SLURM job array, and no storage password a
 
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from pipeline.sweep.study import (
     trial_config,
 )
 from tests.helpers.project import ROOT
-from tests.helpers.services import require_service
+from tests.helpers.postgres import pg_url
 
 FINISHED = {TrialState.COMPLETE, TrialState.PRUNED}
 
@@ -107,16 +105,17 @@ def test_two_workers_sqlite_prune_and_continue(data, tmp_path):
     # different curves (every evaluation, the supervised first one included, then depends on it).
     space = ("{perturb.eps: {low: 0.5, high: 16.0, log: true}, train.conf_thresh: {low: 0.5, high: 0.99}, "
              "train.lr: {low: 1.0e-5, high: 0.1, log: true}}")
-    res = sweep(tmp_path, data, storage=url, sets={"sweep.pruner_warmup_steps": 0, "sweep.sampler": "random",
-                                                   "sweep.params": space})
+    sets = {"sweep.pruner_warmup_steps": 0, "sweep.sampler": "random", "sweep.params": space}
+    res = sweep(tmp_path, data, storage=url, sets=sets)
     print(f"2 workers, 4 trials: {time.time() - t0:.1f} s")
     assert res.returncode == 0, res.stdout + res.stderr
     st = check_study(tmp_path, url)
     assert TrialState.PRUNED in {t.state for t in st.trials}, [(t.state, t.intermediate_values) for t in st.trials]
     assert len({t.user_attrs["worker_pid"] for t in st.trials}) == 2
     assert all(Path(t.user_attrs["run_dir"]).name == f"trial_{t.number}" for t in st.trials)
-    # A rerun continues the same study: its 4 trials are there, nothing more runs.
-    again = sweep(tmp_path, data, storage=url)
+    # A rerun continues the same study: its 4 trials are there, nothing more runs. Its sampler may
+    # differ (not part of the study's fingerprint); its search space may not.
+    again = sweep(tmp_path, data, storage=url, sets={"sweep.params": space})
     assert again.returncode == 0 and "0 to start" in again.stderr and len(load(url).trials) == 4
 
 
@@ -179,38 +178,6 @@ def test_a_killed_worker_s_trial_is_retried_through_the_heartbeat(data, tmp_path
 
 
 # ---- PostgreSQL -----------------------------------------------------------------------------------
-
-def _psql(sql: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-qc", sql],
-                   check=True, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """Debian's PostgreSQL cluster, started if down (and stopped at the end only then), with a
-    password-protected role and a database of its own."""
-    if os.geteuid() != 0 or not shutil.which("pg_ctlcluster"):
-        require_service("needs root and Debian's postgresql (`make test` installs it, as root)")
-    line = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
-    version, name, port, status = line.split()[:4]
-    started = status != "online"
-    if started:
-        subprocess.run(["pg_ctlcluster", version, name, "start"], check=True)
-    user, password, db = "ddfp_sweep", f"pw-{secrets.token_hex(8)}", "ddfp_sweep_test"
-    _psql(f"DROP DATABASE IF EXISTS {db}")
-    _psql(f"DROP ROLE IF EXISTS {user}")
-    _psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
-    _psql(f"CREATE DATABASE {db} OWNER {user}")
-    yield {"user": user, "password": password, "port": port, "db": db}
-    _psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-    _psql(f"DROP ROLE IF EXISTS {user}")
-    if started:
-        subprocess.run(["pg_ctlcluster", version, name, "stop"], check=False)
-
-
-def pg_url(pg, password):
-    return f"postgresql+psycopg2://{pg['user']}:{password}@127.0.0.1:{pg['port']}/{pg['db']}"
-
 
 @pytest.mark.postgres
 @pytest.mark.slow
