@@ -55,7 +55,14 @@ def curves(export: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     key = f"val_miou_{export['model']}"
     val = [{"epoch": e["epoch"], "iteration": e["iteration"], "val_miou": e[key],
             **{k: v for k, v in e.items() if k.startswith("val_miou_")}} for e in export["evals"] if key in e]
-    return export["history"], val
+    return rectangular(export["history"]), rectangular(val)
+
+
+def rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row with every key (null where a row lacks one: the perturbation's values appear only
+    once it starts). DVC's plots fail on a file whose later rows have keys the first one lacks."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in keys} for row in rows]
 
 
 def export_run(cfg: Config, run_dir: Path, out_dir: Path) -> Path:
@@ -69,4 +76,4 @@ def export_run(cfg: Config, run_dir: Path, out_dir: Path) -> Path:
     return out_dir / MODEL
 
 
-__all__ = ["MODEL", "MODEL_KEYS", "curves", "export_run", "inference_state", "load_model"]
+__all__ = ["MODEL", "MODEL_KEYS", "curves", "export_run", "inference_state", "load_model", "rectangular"]

@@ -67,6 +67,13 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     second = run(["dvc", "repro"], dest, env).stdout
     assert ran_stages(second) == set()
     assert_lean_cache(dest, env)
+    # Every plot renders; the top-level ones overlay every run (4) and every method (2).
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], dest, env).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    series = {name: {r["series"] for r in plots["data"][name][0]["content"]["data"]["values"]}
+              for name in ("val_miou_vs_iteration", "miou_vs_labels")}
+    assert series == {"val_miou_vs_iteration": {f"{m} / {s}" for m in ("supervised", "ddfp") for s in ("8", "16")},
+                      "miou_vs_labels": {"supervised", "ddfp"}}, series
     values = (dest / "params.yaml").read_text()
     (dest / "params.yaml").write_text(values.replace("eps: 4.0", "eps: 2.0"))
     status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
@@ -255,14 +262,20 @@ def test_the_train_stage_reads_exactly_the_values_that_can_change_a_run():
 
 
 @slow
-def test_an_experiment_trains_only_what_its_value_changes_and_keeps_its_curves(project):
-    # A temporary experiment (what `dvc queue` runs) has no runs/ folder: the unchanged stages' models
+def test_an_experiment_in_a_temporary_copy_trains_what_changed_and_keeps_its_curves(project):
+    # A temporary experiment (what `dvc queue` runs) has no runs/ folder: the unchanged stages' outputs
     # come from the cache, the changed ones train from scratch, and the curves come back with it.
     dest, env = project
     run(["dvc", "repro"], dest, env)
+    # What a user commits after `dvc repro`: dvc.lock, metrics/, the curves in models/ (a temporary
+    # experiment starts from the last commit; an uncached output not in it is missing there).
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"]):
+        run(cmd, dest, env)
     out = run(["dvc", "exp", "run", "--temp", "-n", "eps2", "-S", "perturb.eps=2.0"], dest, env)
-    assert ran_stages(out.stdout) == {"train@8-ddfp", "train@16-ddfp", "evaluate@8-ddfp", "evaluate@16-ddfp",
-                                      "report"}, out.stdout
+    # The matrix's train stages all read the perturb section, so the baseline's stages run too.
+    ran = ran_stages(out.stdout)
+    assert {"train@8-ddfp", "train@16-ddfp", "evaluate@8-ddfp", "evaluate@16-ddfp", "report"} <= ran, out.stdout
+    assert not ran & DATA_STAGES  # checked out from the cache
     assert "eps: 4.0" in (dest / "params.yaml").read_text()  # the workspace is left as it was
     shown = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
     exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "eps2"]
@@ -273,7 +286,10 @@ def test_an_experiment_trains_only_what_its_value_changes_and_keeps_its_curves(p
     assert evaluated["method"] == "ddfp" and 0 <= evaluated["val_miou"] <= 100
     base = json.loads((dest / "metrics" / "8" / "ddfp.json").read_text())
     assert evaluated["run_id"] != base["run_id"]  # a run of its own, not the workspace's
-    plots = json.loads(run(["dvc", "plots", "diff", "eps2", "--json", "--split", "--targets",
-                            "models/8/ddfp/val_log.json"], dest, env).stdout)
-    revs = {d["rev"] for spec in plots["data"]["models/8/ddfp/val_log.json"] for d in spec["content"]["data"]["values"]}
-    assert "eps2" in revs and "workspace" in revs, revs
+    # Its loss curve beside the workspace's: the perturbation's step (2 here, 4 there) changes the loss.
+    target = "models/8/ddfp/train_log.json"
+    plots = json.loads(run(["dvc", "plots", "diff", "eps2", "--json", "--targets", target], dest, env).stdout)
+    rows = [r for spec in plots["data"][target] for r in spec["content"]["data"]["values"]]
+    curves = {rev: [r["loss"] for r in rows if r["rev"] == rev] for rev in ("workspace", "eps2")}
+    assert curves["eps2"] and len(curves["eps2"]) == len(curves["workspace"]), curves
+    assert curves["eps2"] != curves["workspace"], curves

@@ -76,16 +76,18 @@ def test_submit_trains_the_changed_stages_in_parallel_and_leaves_dvc_clean(clust
 
 
 def test_no_wait_then_a_local_repro_is_refused_and_submit_waits_for_the_jobs(cluster, tmp_path):
-    dest, env = fresh_project(tmp_path, max_iters=30)
+    # Long enough (about a minute a job here) that the jobs still run while the commands below look.
+    dest, env = fresh_project(tmp_path, epochs=10, max_iters=None)
     first = run(["ddfp", "submit", "--no-wait"], dest, env)
     jobs = set(re.findall(r"submitted SLURM job (\d+_\d+)", first.stderr))
     assert len(jobs) == 4
     # A local repro on the login node must not train beside the queued or running jobs.
     params = (dest / "params.yaml").read_text()
     (dest / "params.yaml").write_text(params.replace("launcher: slurm", "launcher: local"))  # no stage's param
-    local = run(["dvc", "repro", "train@8-supervised"], dest, env, check=False)
+    # The array's last task: still queued behind the first two (2 CPUs), however fast they train.
+    local = run(["dvc", "repro", "train@16-ddfp"], dest, env, check=False)
     (dest / "params.yaml").write_text(params)
-    assert local.returncode != 0 and "belongs to SLURM job" in local.stdout + local.stderr, local.stderr[-2000:]
+    assert local.returncode != 0 and "belongs to SLURM job" in local.stdout + local.stderr, local.stdout[-3000:]
     status = run(["ddfp", "status"], dest, env).stdout
     assert sum(f"(job {job})" in status for job in jobs) == 4, status
     second = run(["ddfp", "submit"], dest, env)
@@ -93,7 +95,7 @@ def test_no_wait_then_a_local_repro_is_refused_and_submit_waits_for_the_jobs(clu
     assert {job for job in jobs if f"SLURM job {job} already trains" in second.stderr} | {
         job for job in jobs if f"(job {job})" in second.stderr} == jobs
     assert dvc_status(dest, env) == {}
-    assert json.loads((dest / "metrics" / "8" / "supervised.json").read_text())["iterations"] == 30
+    assert json.loads((dest / "metrics" / "8" / "supervised.json").read_text())["iterations"] == 100
 
 
 def test_a_cancelled_job_fails_submit_clearly_and_keeps_what_finished(cluster, tmp_path):
