@@ -23,7 +23,7 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from pipeline.errors import JobError, UsageError
 from pipeline.files import write_text_atomic
-from pipeline.params import Config, from_mapping
+from pipeline.params import Config, from_mapping, set_dotted
 from pipeline.secrets import redact
 from pipeline.sweep.study import open_storage, storage_url
 
@@ -63,17 +63,11 @@ def promote_params(path: Path, values: dict[str, Any]) -> list[tuple[str, Any, A
     """Set each dotted key of `values` in the params file at `path`; returns (key, old, new) rows."""
     text = path.read_text()
     rt = _round_trip(text)
-    tree = rt.load(text)
-    rows = []
+    tree = rt.load(text)  # ruamel's mappings are dicts: the config's own dotted setter edits them in place
+    old = from_mapping(yaml.safe_load(text)).flat()
+    rows = [(key, old.get(key, MISSING), value) for key, value in values.items()]
     for key, value in values.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            if part not in node:
-                node[part] = {}
-            node = node[part]
-        rows.append((key, node.get(leaf, MISSING), value))
-        node[leaf] = value
+        set_dotted(tree, key, value)
     out = io.StringIO()
     rt.dump(tree, out)
     text = out.getvalue()
