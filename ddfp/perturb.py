@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ddfp.flow.density import DensityEstimator
@@ -36,10 +35,11 @@ def pixels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def query_nll(model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident: Tensor) -> tuple[Tensor, Tensor]:
-    """(summed, mean) mixture NLL of the confident pixels of classifier(v), as the search sees them:
-    aux BN with batch statistics (its running statistics untouched), dropout as in training."""
-    _, feats = model.classify(v, n_main=0, update_stats=False)
+def query_nll(model: DeepLabV3Plus, flow: DensityEstimator, h: Tensor, confident: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed, mean) mixture NLL of the confident pixels of classifier(V), given h = first_conv(V), as
+    the search sees them: aux BN with batch statistics (its running statistics untouched), dropout as in
+    training."""
+    _, feats = model.classify_from(h, n_main=0, update_stats=False)
     logp = flow.log_prob(pixels_last(feats))
     weights = confident.reshape(-1).to(logp.dtype)
     nll_sum = -(logp * weights).sum()
@@ -48,22 +48,31 @@ def query_nll(model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident
 
 def density_descending_delta(
     model: DeepLabV3Plus, flow: DensityEstimator, v: Tensor, confident: Tensor, eps: float, mask: str,
-    direction: str = "density",
+    direction: str = "density", first: Tensor | None = None,
 ) -> Perturbation:
     """One gradient step on the offset of V (detached), through the classifier's aux BN.
 
     confident: B x h x w bool at feature resolution. Gradients go to delta only (autograd.grad), never
     to the flow or the segmentation net. The random direction still runs the query pass (without a
     graph): both directions log nll_query and keep the search's cost and dropout draws.
+
+    first: first_conv(v), when the caller has it (the main pass computes it for the clean batch), so
+    the search does not convolve v again. The offset is taken on conv1's output, where the gradient
+    is the same as on conv1(V + delta) at delta = 0, and brought back to V by conv1's transpose.
     """
-    delta = torch.zeros_like(v, requires_grad=direction == "density")
-    with torch.set_grad_enabled(direction == "density"):
-        nll_sum, nll_query = query_nll(model, flow, v.detach() + delta, confident)
-    if direction == "density":
-        (step,) = torch.autograd.grad(nll_sum, delta)
-    else:
-        step = torch.randn(v.shape, device=v.device)
-    unit = F.normalize(step.float(), dim=1, eps=1e-12)
-    if mask == "confident":
-        unit = unit * confident[:, None].to(unit.dtype)
-    return Perturbation((eps * unit).to(v.dtype), nll_query)
+    density = direction == "density"
+    with torch.no_grad():
+        h = model.first_conv(v) if first is None else first
+    h = h.detach().requires_grad_(density)
+    with torch.set_grad_enabled(density):
+        nll_sum, nll_query = query_nll(model, flow, h, confident)
+    if density:
+        (grad_h,) = torch.autograd.grad(nll_sum, h)
+    with torch.no_grad():  # delta is a constant: no graph to conv1's weight
+        step = model.offset_gradient(grad_h, v.shape).float() if density else torch.randn(v.shape, device=v.device)
+        # eps * step / |step| per pixel (F.normalize's floor of 1e-12), zero outside the mask: one
+        # per-pixel scale, so the B x C x h x w map is touched once.
+        scale = eps / step.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if mask == "confident":
+            scale = scale * confident[:, None].to(scale.dtype)
+        return Perturbation((step * scale).to(v.dtype), nll_query)

@@ -9,6 +9,8 @@ flow fitted from `flow_start_epoch`; the perturbation branch from `perturb_start
 `perturb.direction: random` and `perturb.eps: 0` are the controls of the density direction: the same
 network, BN routing and loss weights.
 `mean_teacher` is the same step without flow and perturbation, so ablations share one code path.
+Its parts run in named torch.profiler ranges (`ddfp.encode`, `ddfp.search`, ...): `ddfp bench profile`
+charges every millisecond of a step, backward included, to one of them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from ddfp.config import MethodConfig
 from ddfp.data.mixing import maybe_cutmix
@@ -80,8 +83,12 @@ def _n_main(phase: Phase, cfg: MethodConfig, batch_size: int) -> int:
 
 
 def supervised_step(student: DeepLabV3Plus, batch: Batch, phase: Phase, cfg: MethodConfig) -> StepOutput:
-    out = student(batch.img_x, n_main=_n_main(phase, cfg, batch.img_x.shape[0]))
-    loss_sup = masked_ce(out.logits, batch.mask_x)
+    with record_function("ddfp.encode"):
+        v = student.encode(batch.img_x)
+    with record_function("ddfp.classify"):
+        logits, _ = student.classify(v, n_main=_n_main(phase, cfg, batch.img_x.shape[0]))
+    with record_function("ddfp.loss"):
+        loss_sup = masked_ce(upsample(logits, batch.img_x.shape[-2:]), batch.mask_x)
     return StepOutput(cfg.loss.sup * loss_sup, None, {"loss_sup": loss_sup.detach()})
 
 
@@ -141,22 +148,38 @@ def _segmentation_loss(
     return cfg.loss.sup * loss_sup + cfg.loss.unsup * loss_u + cfg.loss.perturb * loss_pt, logs
 
 
+def _classify(models: Models, v: Tensor, confident: Tensor, phase: Phase,
+              cfg: MethodConfig) -> tuple[Tensor, Tensor, Perturbation | None]:
+    """The student's classifier on V = [labelled ; unlabelled]: (logits, features, perturbation). With
+    the perturbation the unlabelled rows come a second time, shifted by delta, through the aux BN."""
+    student, b = models.student, v.shape[0] // 2
+    if not phase.perturb:
+        with record_function("ddfp.classify"):
+            return (*student.classify(v, n_main=_n_main(phase, cfg, b)), None)
+    # The clean pass's first conv serves the search (which needs conv1 of the unlabelled V) and the
+    # perturbed rows (conv1(V + delta) = conv1(V) + conv1 of delta without bias), so the unlabelled V
+    # is convolved once, not three times. The perturbed rows keep V's graph.
+    p = cfg.perturb
+    with record_function("ddfp.classify"):
+        h = student.first_conv(v)
+    with record_function("ddfp.search"):
+        pert = density_descending_delta(student, models.flow, v[b:], confident, p.eps, p.mask, p.direction, h[b:])
+    with record_function("ddfp.classify"):
+        return (*student.classify_from(torch.cat([h, student.shift(h[b:], pert.delta)]), n_main=2 * b), pert)
+
+
 def semi_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, diagnostics: bool = True) -> StepOutput:
     b = batch.img_x.shape[0]
-    labels_w, t_feats = teacher_predict(models.teacher, batch, cfg)
-    # The padding mask takes the same boxes: the student's fit data must drop the padding pasted in.
-    (img_s, labels_u, ignore_s), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_w, batch.ignore_u)
-    student = models.student
-    v = student.encode(torch.cat([batch.img_x, img_s]))
+    with record_function("ddfp.teacher"):
+        labels_w, t_feats = teacher_predict(models.teacher, batch, cfg)
+        # The padding mask takes the same boxes: the student's fit data must drop the padding pasted in.
+        (img_s, labels_u, ignore_s), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_w, batch.ignore_u)
+    with record_function("ddfp.encode"):
+        v = models.student.encode(torch.cat([batch.img_x, img_s]))
     confident = downsample_labels(labels_u, v.shape[-2:]) != IGNORE_INDEX
-    pert = None
-    if phase.perturb:
-        p = cfg.perturb
-        pert = density_descending_delta(student, models.flow, v[b:], confident, p.eps, p.mask, p.direction)
-        logits, feats = student.classify(torch.cat([v, v[b:] + pert.delta]), n_main=2 * b)
-    else:
-        logits, feats = student.classify(v, n_main=_n_main(phase, cfg, b))
-    seg, logs = _segmentation_loss(logits, batch, labels_u, phase, cfg)
+    logits, feats, pert = _classify(models, v, confident, phase, cfg)
+    with record_function("ddfp.loss"):
+        seg, logs = _segmentation_loss(logits, batch, labels_u, phase, cfg)
     logs["confident_ratio"] = (labels_u != IGNORE_INDEX).float().mean()
     flow_loss = None
     if phase.fit_flow:
@@ -170,7 +193,8 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, dia
             fit = FitData(feats[: 2 * b].detach(), ignore_s, labels_u)
         else:
             fit = FitData(t_feats, batch.ignore_u, labels_w)
-        flow_loss, bpd = flow_step(models.flow, fit.feats, batch.mask_x, fit.ignore_u, cfg)
+        with record_function("ddfp.flow_fit"):
+            flow_loss, bpd = flow_step(models.flow, fit.feats, batch.mask_x, fit.ignore_u, cfg)
         logs["flow_bpd"] = bpd.detach()
         if diagnostics:
             logs.update(_density_logs(models, fit, v[b:], confident, pert, cfg))
@@ -204,7 +228,7 @@ def _density_logs(
         return {"nll_fit": nll_fit, "nll_query": pert.nll_query}
     devices = [] if v_u.device.type == "cpu" else [v_u.device]
     with torch.random.fork_rng(devices=devices, device_type=v_u.device.type):
-        _, nll_query = query_nll(models.student, models.flow, v_u.detach(), confident)
+        _, nll_query = query_nll(models.student, models.flow, models.student.first_conv(v_u), confident)
     return {"nll_fit": nll_fit, "nll_query": nll_query}
 
 

@@ -234,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="where sensitivity.json and .md go")
     p.set_defaults(fn=cmd_sensitivity)
     p = add("bench", cmd_bench, "benchmarks that print JSON")
-    p.add_argument("what", choices=["step"], help="step: median step time per method")
+    p.add_argument("what", choices=["step", "profile"],
+                   help="step: step time per method and the ratios; profile: milliseconds by part of the step")
     p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per method (the median is reported)")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="rounds of timed steps (step: medians of the rounds; profile: profiled iterations)")
     p.add_argument("--json", action="store_true", help="one-line JSON")
     p = sub.add_parser("profile", help="switch params.yaml to a named profile",
                        description="rewrite params.yaml as pipeline/profiles/<name>.yaml resolved")

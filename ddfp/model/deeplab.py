@@ -60,8 +60,10 @@ class Classifier(nn.Module):
         self.drop = nn.Dropout2d(dropout)
         self.final = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, v: Tensor, n_main: int, update_stats: bool = True) -> tuple[Tensor, Tensor]:
-        x = self.drop(F.relu(self.bn1(self.conv1(v), n_main, update_stats)))
+    def forward(self, h: Tensor, n_main: int, update_stats: bool = True) -> tuple[Tensor, Tensor]:
+        """From the first convolution's output h = conv1(V) on (the perturbation reuses h; see
+        DeepLabV3Plus.shift)."""
+        x = self.drop(F.relu(self.bn1(h, n_main, update_stats)))
         feats = self.drop(F.relu(self.bn2(self.conv2(x), n_main, update_stats)))
         return self.final(feats), feats
 
@@ -95,7 +97,30 @@ class DeepLabV3Plus(nn.Module):
 
     def classify(self, v: Tensor, n_main: int | None = None, update_stats: bool = True) -> tuple[Tensor, Tensor]:
         """V -> (stride-4 logits, head_channels features); samples from n_main on use the aux BN."""
-        return self.classifier(v, v.shape[0] if n_main is None else n_main, update_stats)
+        return self.classify_from(self.first_conv(v), n_main, update_stats)
+
+    # The classifier in two parts, for the perturbation: its first convolution is linear, so the
+    # perturbed V + delta needs only conv1(delta) beside the clean pass's conv1(V), and the search's
+    # gradient w.r.t. delta is a transposed convolution of the one w.r.t. conv1's output.
+    def first_conv(self, v: Tensor) -> Tensor:
+        """h = conv1(V), the classifier's first convolution (with its bias)."""
+        return self.classifier.conv1(v)
+
+    def classify_from(self, h: Tensor, n_main: int | None = None, update_stats: bool = True) -> tuple[Tensor, Tensor]:
+        """classify(V) given h = first_conv(V)."""
+        return self.classifier(h, h.shape[0] if n_main is None else n_main, update_stats)
+
+    def shift(self, h: Tensor, delta: Tensor) -> Tensor:
+        """first_conv(V + delta) from h = first_conv(V): conv1 of delta without the bias (it counts once)."""
+        c = self.classifier.conv1
+        return h + F.conv2d(delta, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+
+    def offset_gradient(self, grad_h: Tensor, v_shape: torch.Size) -> Tensor:
+        """The gradient w.r.t. an offset delta of V from the one w.r.t. h (that is, w.r.t. the offset
+        of conv1's output): conv1's transposed convolution, which autograd through conv1 would run."""
+        c = self.classifier.conv1
+        weight = c.weight.to(grad_h.dtype)  # the forward's autocast cast, which this backward mirrors
+        return torch.nn.grad.conv2d_input(v_shape, weight, grad_h, c.stride, c.padding, c.dilation, c.groups)
 
     def forward(self, x: Tensor, n_main: int | None = None) -> SegOutput:
         logits, feats = self.classify(self.encode(x), n_main)

@@ -6,6 +6,11 @@ output stride 16, 321 px, 2 labelled + 2 unlabelled, 20,480 flow samples, 21 cla
 logs show 0.82 s/iteration on their GPUs).
 Every pixel is made confident (threshold 0) so the perturbation is timed at its worst case, as in the
 reference measurement of the authors' modules. Weights are random: speed does not depend on them.
+
+The machines are shared and noisy, so the variants are timed in rounds: each round times every
+variant once, back to back, in an order rotated round by round, and each ratio is the median of the
+rounds' own ratios, with its spread. A slow spell then slows both sides of a ratio alike.
+`ddfp bench profile` charges the step's time to its parts instead (pipeline.evidence.profile_step).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.step import Batch, Phase, flow_step
+from pipeline.evidence.profile_step import profile_steps
 from pipeline.params import Config, replace
 from pipeline.train.distributed import SINGLE
 from pipeline.train.learner import Learner
@@ -46,28 +52,54 @@ def random_batch(cfg: Config, num_classes: int, device: torch.device, gen: torch
     return Batch(img(), mask.to(device), img(), img(), ignore.to(device))
 
 
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+    for _ in range(warmup):
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_timed(fn, device) for _ in range(repeats))
+
+
+def paired_rounds(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int,
+                  device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step and round: every round runs each step once, the order rotated by one each
+    round, so no step is always first (after the others' allocations) or always last."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(_timed(steps[name], device))
+    return times
+
+
+def ratio_summary(num: list[float], den: list[float]) -> dict[str, Any]:
+    """Median of the per-round ratios num / den, their quartiles and range."""
+    ratios = sorted(a / b for a, b in zip(num, den))
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"median": round(statistics.median(ratios), 3), "iqr": [round(q1, 3), round(q3, 3)],
+            "range": [round(ratios[0], 3), round(ratios[-1], 3)], "rounds": len(ratios)}
 
 
 def _breakdown(tr: Learner, batch: Batch, repeats: int) -> dict[str, float]:
-    """Time the three pieces DDFP adds to a mean-teacher step, each forward + backward."""
+    """Time the three pieces DDFP adds to a mean-teacher step, each as the step runs it."""
     m, cfg, dev, b = tr.models, tr.cfg, tr.device, batch.img_x.shape[0]
     with torch.no_grad():
         t_feats = m.teacher(torch.cat([batch.img_x, batch.img_u_w])).feats
         v = m.student.encode(torch.cat([batch.img_x, batch.img_u_s]))
+        h = m.student.first_conv(v)  # the clean pass computes it anyway
     confident = downsample_labels(torch.zeros_like(batch.mask_x), v.shape[-2:]) != IGNORE_INDEX
     eps, mask = cfg.perturb.eps, cfg.perturb.mask
+    delta = density_descending_delta(m.student, m.flow, v[b:], confident, eps, mask, first=h[b:]).delta
 
     def fit_flow() -> None:
         tr.opt_flow.zero_grad(set_to_none=True)
@@ -75,15 +107,15 @@ def _breakdown(tr: Learner, batch: Batch, repeats: int) -> dict[str, float]:
         tr.opt_flow.step()
 
     def extra_pass() -> None:
-        # The B perturbed maps through the classifier (aux BN), forward + backward.
-        v_pt = v[b:].detach().requires_grad_()
-        m.student.classify(v_pt, n_main=0)[0].sum().backward()
+        # The B perturbed maps through the classifier (conv1 of delta, then the aux BN), forward + backward.
+        h_u = h[b:].detach().requires_grad_()
+        m.student.classify_from(m.student.shift(h_u, delta), n_main=0)[0].sum().backward()
 
     return {
         "flow_fit_s": _median_time(fit_flow, repeats, 1, dev),
         "perturbation_s": _median_time(
-            lambda: density_descending_delta(m.student, m.flow, v[b:], confident, eps, mask), repeats, 1, dev
-        ),
+            lambda: density_descending_delta(m.student, m.flow, v[b:], confident, eps, mask, first=h[b:]),
+            repeats, 1, dev),
         "extra_classifier_pass_s": _median_time(extra_pass, repeats, 1, dev),
     }
 
@@ -96,36 +128,57 @@ def _channels_last(tr: Learner, batch: Batch) -> Batch:
     return Batch(cl(batch.img_x), batch.mask_x, cl(batch.img_u_w), cl(batch.img_u_s), batch.ignore_u)
 
 
-def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dict[str, Any]:
+def _setting(cfg: Config, channels_last: bool) -> tuple[Learner, Batch, dict[str, Any]]:
+    """The learner and a random batch of a setting, and what the setting is."""
     cfg = replace(cfg, {"train.conf_thresh": 0.0, "train.max_iters": 10**6, "model.pretrained": False})
     device = SINGLE.device(cfg.run.device)
-    out: dict[str, Any] = {"backbone": cfg.model.backbone, "crop": cfg.data.crop_size,
-                           "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
-                           "flow_samples": cfg.flow.num_samples, "device": str(device),
-                           "threads": torch.get_num_threads(), "precision": cfg.train.precision,
-                           "channels_last": channels_last}
+    about: dict[str, Any] = {"backbone": cfg.model.backbone, "crop": cfg.data.crop_size,
+                             "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
+                             "flow_samples": cfg.flow.num_samples, "device": str(device),
+                             "threads": torch.get_num_threads(), "precision": cfg.train.precision,
+                             "channels_last": channels_last}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-        out["gpu"] = torch.cuda.get_device_name(device)
+        about["gpu"] = torch.cuda.get_device_name(device)
     # An epoch of train.max_iters (10^6): the timed iterations run at the schedule's start.
     tr = Learner(cfg, device, iters_per_epoch=cfg.train.max_iters)
-    gen = torch.Generator().manual_seed(0)
-    batch = random_batch(cfg, cfg.spec.num_classes, device, gen)
+    batch = random_batch(cfg, cfg.spec.num_classes, device, torch.Generator().manual_seed(0))
     if channels_last:
         batch = _channels_last(tr, batch)
-    # Timed as the trainer runs most iterations: without the perturbation diagnostics, which it
-    # computes only on the iterations it logs (every run.log_every); those are timed apart.
-    for name, phase in VARIANTS.items():
-        step = lambda: tr.run_iteration(batch, phase, 0, diagnostics=False)  # noqa: E731
-        out[f"{name}_s"] = round(_median_time(step, repeats, 2, device), 4)
-    logged = lambda: tr.run_iteration(batch, VARIANTS["ddfp"], 0, diagnostics=True)  # noqa: E731
-    out["ddfp_logged_iteration_s"] = round(_median_time(logged, repeats, 1, device), 4)
-    out["ddfp_over_mean_teacher"] = round(out["ddfp_s"] / out["mean_teacher_s"], 3)
-    out["perturbation_overhead"] = round(out["ddfp_s"] / out["ddfp_flow_only_s"], 3)
+    return tr, batch, about
+
+
+def _steps(tr: Learner, batch: Batch) -> dict[str, Callable[[], Any]]:
+    """One training iteration per variant, as the trainer runs most iterations: without the
+    perturbation diagnostics, which it computes only on the iterations it logs (timed apart)."""
+    steps = {name: (lambda phase=phase: tr.run_iteration(batch, phase, 0, diagnostics=False))
+             for name, phase in VARIANTS.items()}
+    steps["ddfp_logged_iteration"] = lambda: tr.run_iteration(batch, VARIANTS["ddfp"], 0, diagnostics=True)
+    return steps
+
+
+def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dict[str, Any]:
+    tr, batch, out = _setting(cfg, channels_last)
+    times = paired_rounds(_steps(tr, batch), repeats, 2, tr.device)
+    for name, seconds in times.items():
+        out[f"{name}_s"] = round(statistics.median(seconds), 4)
+    ratios = {"ddfp_over_mean_teacher": ratio_summary(times["ddfp"], times["mean_teacher"]),
+              "perturbation_overhead": ratio_summary(times["ddfp"], times["ddfp_flow_only"]),
+              "flow_fit_overhead": ratio_summary(times["ddfp_flow_only"], times["mean_teacher"])}
+    out.update({k: r["median"] for k, r in ratios.items()}, ratios=ratios)
     with tr.autocast():
         out["breakdown"] = {k: round(v, 4) for k, v in _breakdown(tr, batch, repeats).items()}
-    if device.type == "cuda":
-        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if tr.device.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(tr.device) / 2**30, 2)
+    return out
+
+
+def profile_setting(cfg: Config, iterations: int, channels_last: bool = False) -> dict[str, Any]:
+    """Milliseconds per iteration by part of the step (pipeline.evidence.profile_step), for mean
+    teacher, the flow-fitted step and DDFP, and each one's difference from mean teacher."""
+    tr, batch, out = _setting(cfg, channels_last)
+    steps = _steps(tr, batch)
+    out.update(profile_steps({k: steps[k] for k in ("mean_teacher", "ddfp_flow_only", "ddfp")}, iterations, tr.device))
     return out
 
 
@@ -136,11 +189,13 @@ def run_bench(cfg: Config, what: str, settings: str, repeats: int) -> dict[str, 
         raise ValueError(f"--settings: unknown setting(s) {sorted(unknown)}; known: demo, paper, gpu")
     if "gpu" in names and not torch.cuda.is_available():
         raise ValueError("--settings gpu: no CUDA device is visible")
+    run = profile_setting if what == "profile" else bench_setting
     result: dict[str, Any] = {}
     for name in names:
         overrides = {"paper": PAPER, "gpu": GPU}.get(name, {})
-        result[name] = bench_setting(replace(cfg, overrides), repeats, channels_last=name == "gpu")
-    headline = result.get("paper") or result[names[0]]
-    result["ddfp_over_mean_teacher"] = headline["ddfp_over_mean_teacher"]
-    result["perturbation_overhead"] = headline["perturbation_overhead"]
+        result[name] = run(replace(cfg, overrides), repeats, channels_last=name == "gpu")
+    if what == "step":
+        headline = result.get("paper") or result[names[0]]
+        result["ddfp_over_mean_teacher"] = headline["ddfp_over_mean_teacher"]
+        result["perturbation_overhead"] = headline["perturbation_overhead"]
     return result

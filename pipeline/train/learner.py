@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from ddfp.flow.density import DensityEstimator
 from ddfp.model.deeplab import build_model
 from ddfp.schedule import poly_lr
-from ddfp.step import Batch, Models, Phase, train_step
+from ddfp.step import Batch, Models, Phase, StepOutput, train_step
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline.params import Config
 from pipeline.train import distributed
@@ -113,8 +114,15 @@ class Learner:
         saved = _snapshot(buffers)
         with self.autocast():
             out = train_step(self.models, batch, phase, self.cfg, diagnostics)
-        self.opt_seg.zero_grad(set_to_none=True)
-        self.scaler.scale(out.seg_loss).backward()
+        with record_function("learner.backward"):
+            self.opt_seg.zero_grad(set_to_none=True)
+            self.scaler.scale(out.seg_loss).backward()
+        with record_function("learner.update"):
+            return self._update(out, phase, iteration, buffers, saved)
+
+    def _update(self, out: StepOutput, phase: Phase, iteration: int, buffers: list[torch.Tensor],
+                saved: list[torch.Tensor]) -> StepResult:
+        """The flow's backward, the gradient sync, the finite check and every update it allows."""
         # A non-finite BN statistic is as poisonous as a non-finite loss (the EMA would carry it into
         # the teacher), so its norm joins the loss in the one finite check below.
         stats = torch.nn.utils.get_total_norm([b for b in buffers if b.is_floating_point()])

@@ -207,3 +207,79 @@ def test_nll_fit_and_nll_query_measure_the_fitted_and_the_searched_features(smok
     confident = downsample_labels(mixed, main["feats"].shape[-2:]) != IGNORE_INDEX
     torch.testing.assert_close(out.logs["nll_fit"], _confident_nll(models.flow, main["feats"][b : 2 * b], confident))
     torch.testing.assert_close(out.logs["nll_query"], _confident_nll(models.flow, query["feats"], confident))
+
+
+def _straightforward_ddfp_losses(models, batch, cfg):
+    """The DDFP step as the method reads, with nothing shared: the search differentiates the whole
+    classifier w.r.t. an offset of V, and the main pass classifies [V ; V_u + delta] from scratch."""
+    from ddfp.data.mixing import maybe_cutmix
+    from ddfp.step import _segmentation_loss, flow_step, teacher_predict
+
+    b, student, p = batch.img_x.shape[0], models.student, cfg.perturb
+    labels_w, _ = teacher_predict(models.teacher, batch, cfg)
+    (img_s, labels_u, ignore_s), _ = maybe_cutmix(cfg.train.cutmix_prob, batch.img_u_s, labels_w, batch.ignore_u)
+    v = student.encode(torch.cat([batch.img_x, img_s]))
+    confident = downsample_labels(labels_u, v.shape[-2:]) != IGNORE_INDEX
+    offset = torch.zeros_like(v[b:], requires_grad=True)
+    feats_q = student.classify(v[b:].detach() + offset, n_main=0, update_stats=False)[1]
+    nll = -(models.flow.log_prob(pixels_last(feats_q)) * confident.reshape(-1).float()).sum()
+    (grad,) = torch.autograd.grad(nll, offset)
+    delta = p.eps * torch.nn.functional.normalize(grad, dim=1, eps=1e-12)
+    if p.mask == "confident":
+        delta = delta * confident[:, None].float()
+    logits, feats = student.classify(torch.cat([v, v[b:] + delta]), n_main=2 * b)
+    seg, _ = _segmentation_loss(logits, batch, labels_u, DDFP, cfg)
+    flow_loss, _ = flow_step(models.flow, feats[: 2 * b].detach(), batch.mask_x, ignore_s, cfg)
+    return seg, flow_loss, delta
+
+
+@pytest.mark.parametrize("mask", ["confident", "all"])
+def test_the_shared_first_conv_step_equals_the_straightforward_one(smoke_cfg, mask):
+    # The step convolves the unlabelled V once and reuses it for the search and the perturbed rows
+    # (conv1 is linear). Same seed, same dropout draws: the losses, the offset and every gradient of
+    # the student must match the straightforward computation up to float rounding.
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.1, "perturb.mask": mask, "train.cutmix_prob": 1.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    models.student.train()
+    offsets = []
+    models.student.classifier.register_forward_pre_hook(lambda m, args: offsets.append(args[0]))
+    results = []
+    for step in ("optimised", "straightforward"):
+        torch.manual_seed(0)
+        if step == "optimised":
+            out = train_step(models, batch, DDFP, cfg, diagnostics=False)
+            seg, flow_loss = out.seg_loss, out.flow_loss
+            h = offsets[-1]  # [conv1(V) ; conv1(V) + conv1(delta) of the unlabelled rows]
+            b = batch.img_x.shape[0]
+            delta_response = h[2 * b :] - h[b : 2 * b]
+        else:
+            seg, flow_loss, delta = _straightforward_ddfp_losses(models, batch, cfg)
+            c = models.student.classifier.conv1
+            delta_response = torch.nn.functional.conv2d(delta, c.weight, None, padding=c.padding)
+        models.student.zero_grad(set_to_none=True)
+        seg.backward()
+        grads = {n: p.grad.clone() for n, p in models.student.named_parameters() if p.grad is not None}
+        results.append((seg.detach(), flow_loss.detach(), delta_response.detach(), grads))
+    (seg_a, flow_a, resp_a, grads_a), (seg_b, flow_b, resp_b, grads_b) = results
+    assert float(resp_b.abs().max()) > 0.1  # the offset moved the features: the comparison is not vacuous
+    torch.testing.assert_close(seg_a, seg_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flow_a, flow_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(resp_a, resp_b, rtol=1e-4, atol=1e-4)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("phase", [Phase(False, False, False), Phase(True, False, False), WARMUP, DDFP])
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_the_step_reads_nothing_back_to_the_host(smoke_cfg, phase, diagnostics):
+    # A value read back (item, bool, nonzero, mask indexing) makes a GPU wait for the queued work.
+    from tests.helpers.host_reads import HostReads
+
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.5, "train.cutmix_prob": 1.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    nets = (models.student, models.teacher, models.flow)
+    watched = [t for m in nets for t in (*m.parameters(), *m.buffers())] + list(vars(batch).values())
+    with HostReads(watched) as reads:
+        out = train_step(models, batch, phase, cfg, diagnostics=diagnostics)
+    assert torch.isfinite(out.seg_loss) and reads.reads == []

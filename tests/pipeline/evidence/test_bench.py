@@ -2,17 +2,49 @@ import subprocess
 import sys
 
 from pipeline import params
-from pipeline.evidence.bench import run_bench
+import torch
+
+from pipeline.evidence.bench import paired_rounds, ratio_summary, run_bench
 
 
 def test_bench_step_reports_every_method_and_the_ratios():
     cfg = params.replace(params.load(profile="smoke"), {"data.crop_size": 32})
-    out = run_bench(cfg, "step", "demo", repeats=1)
+    out = run_bench(cfg, "step", "demo", repeats=3)
     demo = out["demo"]
     for key in ("supervised_s", "mean_teacher_s", "ddfp_flow_only_s", "ddfp_s", "ddfp_logged_iteration_s"):
         assert demo[key] > 0
-    assert out["ddfp_over_mean_teacher"] == round(demo["ddfp_s"] / demo["mean_teacher_s"], 3)
+    for key in ("ddfp_over_mean_teacher", "perturbation_overhead", "flow_fit_overhead"):
+        ratio = demo["ratios"][key]
+        assert ratio["rounds"] == 3 and ratio["range"][0] <= ratio["iqr"][0] <= ratio["median"]
+        assert ratio["median"] <= ratio["iqr"][1] <= ratio["range"][1] and demo[key] == ratio["median"]
+    assert out["ddfp_over_mean_teacher"] == demo["ddfp_over_mean_teacher"]
     assert set(demo["breakdown"]) == {"flow_fit_s", "perturbation_s", "extra_classifier_pass_s"}
+
+
+def test_rounds_interleave_the_variants_and_ratios_pair_them():
+    calls: list[str] = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = paired_rounds(steps, repeats=3, warmup=1, device=torch.device("cpu"))
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotated rounds
+    assert all(len(t) == 3 for t in times.values())
+    # Paired: a round that is slow for both sides leaves its ratio alone.
+    summary = ratio_summary([2.0, 20.0, 2.2, 1.8], [1.0, 10.0, 1.0, 1.0])
+    assert summary == {"median": 2.0, "iqr": [1.95, 2.05], "range": [1.8, 2.2], "rounds": 4}
+
+
+def test_bench_profile_charges_the_step_to_its_parts():
+    cfg = params.replace(params.load(profile="smoke"), {"data.crop_size": 32})
+    demo = run_bench(cfg, "profile", "demo", repeats=1)["demo"]
+    ddfp, mt = demo["ddfp"]["cpu_ms"], demo["mean_teacher"]["cpu_ms"]
+    for part in ("ddfp.teacher", "ddfp.encode", "ddfp.encode backward", "ddfp.classify", "ddfp.loss"):
+        assert mt[part] > 0 and ddfp[part] > 0, part
+    # Only DDFP searches and fits the flow; the search's own backward is charged to it.
+    for part in ("ddfp.search", "ddfp.search backward", "ddfp.flow_fit", "ddfp.flow_fit backward"):
+        assert ddfp[part] > 0 and part not in mt, part
+    assert "other backward" not in ddfp  # every backward op found its forward range
+    parts = {k: v for k, v in ddfp.items() if k != "total"}
+    assert abs(sum(parts.values()) - ddfp["total"]) < 0.5
+    assert demo["ddfp"]["cpu_ms_over_mean_teacher"]["ddfp.search"] == ddfp["ddfp.search"]
 
 
 def test_help_lists_the_subcommands():
