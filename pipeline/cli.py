@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "benchmarks that print JSON")
     p.add_argument("what", choices=["step", "profile"],
                    help="step: step time per method and the ratios; profile: milliseconds by part of the step")
-    p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu (needs CUDA)")
+    p.add_argument("--settings", default="demo,paper", help="comma list of: demo, paper, gpu, gpu16 (the last two need CUDA)")
     p.add_argument("--repeats", type=int, default=7,
                    help="rounds of timed steps (step: medians of the rounds; profile: profiled iterations)")
     p.add_argument("--json", action="store_true", help="one-line JSON")

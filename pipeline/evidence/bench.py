@@ -3,7 +3,8 @@
 Settings: `demo` (the active profile's model and batch), `paper` (ResNet-101,
 output stride 16, 321 px, 2 labelled + 2 unlabelled, 20,480 flow samples, 21 classes) and, on a GPU,
 `gpu` (the paper's training step: 513 px, 4 + 4 images, bf16 autocast, channels_last; the authors'
-logs show 0.82 s/iteration on their GPUs).
+logs show 0.82 s/iteration on their GPUs) and `gpu16` (the authors' global batch, 16 + 16, in one
+process; with the projected time of the pascal profile's 92-label run on that one GPU).
 Every pixel is made confident (threshold 0) so the perturbation is timed at its worst case, as in the
 reference measurement of the authors' modules. Weights are random: speed does not depend on them.
 
@@ -24,15 +25,20 @@ import torch
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
-from ddfp.step import Batch, Phase, flow_step
+from ddfp.step import Batch, Phase, flow_step, train_step
 from pipeline.evidence.profile_step import profile_steps
-from pipeline.params import Config, replace
+from pipeline.params import Config, load, replace
 from pipeline.train.distributed import SINGLE
 from pipeline.train.learner import Learner
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
 GPU = {**PAPER, "data.crop_size": 513, "train.batch_size": 4, "train.precision": "bf16", "run.device": "cuda"}
+# The authors' global batch (4 GPUs x (4 + 4)) in one process.
+GPU16 = {**GPU, "train.batch_size": 16}
+SETTINGS = {"demo": {}, "paper": PAPER, "gpu": GPU, "gpu16": GPU16}
+# Pascal's train_aug has 10,582 images; at 92 labels the other 10,490 are the unlabelled epoch.
+PASCAL_UNLABELLED_AT_92 = 10_582 - 92
 # The step variants, as phases of the ddfp method (mean_teacher = semi without flow or perturbation).
 VARIANTS = {
     "supervised": Phase(False, False, False),
@@ -170,6 +176,8 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
         out["breakdown"] = {k: round(v, 4) for k, v in _breakdown(tr, batch, repeats).items()}
     if tr.device.type == "cuda":
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(tr.device) / 2**30, 2)
+        out["step_host_syncs"] = _check_syncs(tr, batch)
+        out["projected_pascal_92"] = _pascal_projection(out, tr.cfg.train.batch_size)
     return out
 
 
@@ -182,18 +190,55 @@ def profile_setting(cfg: Config, iterations: int, channels_last: bool = False) -
     return out
 
 
+def projected_hours(step_s: dict[str, float], schedule: Config, iters_per_epoch: int) -> float:
+    """Training time of a whole run of `schedule` (its epochs and phases) at these step times: each
+    epoch at its phase's step, one iteration in run.log_every with the diagnostics. Evaluation,
+    checkpoints and data loading beyond the step are not in it."""
+    seconds = 0.0
+    for epoch in range(schedule.train.epochs):
+        phase = Phase.at_epoch(epoch, schedule)
+        name = next(k for k, v in VARIANTS.items() if v == phase)
+        step = step_s[name]
+        if phase.perturb:
+            step += (step_s["ddfp_logged_iteration"] - step) / schedule.run.log_every
+        seconds += iters_per_epoch * step
+    return seconds / 3600
+
+
+def _pascal_projection(out: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The pascal profile's 92-label run on this one device, at this setting's batch per step."""
+    schedule = load(None, "pascal")
+    iters = PASCAL_UNLABELLED_AT_92 // batch_size
+    step_s = {k[:-2]: v for k, v in out.items() if k.endswith("_s") and isinstance(v, float)}
+    return {"epochs": schedule.train.epochs, "iters_per_epoch": iters,
+            "hours": round(projected_hours(step_s, schedule, iters), 2)}
+
+
+def _check_syncs(tr: Learner, batch: Batch) -> str:
+    """Run one DDFP step under CUDA's sync debug mode: "none", or the first host sync it raised on."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with tr.autocast():
+            train_step(tr.models, batch, VARIANTS["ddfp"], tr.cfg, diagnostics=False)
+        return "none"
+    except RuntimeError as err:
+        return str(err).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def run_bench(cfg: Config, what: str, settings: str, repeats: int) -> dict[str, Any]:
     names = [s.strip() for s in settings.split(",") if s.strip()]
-    unknown = set(names) - {"demo", "paper", "gpu"}
+    unknown = set(names) - set(SETTINGS)
     if unknown:
-        raise ValueError(f"--settings: unknown setting(s) {sorted(unknown)}; known: demo, paper, gpu")
-    if "gpu" in names and not torch.cuda.is_available():
-        raise ValueError("--settings gpu: no CUDA device is visible")
+        raise ValueError(f"--settings: unknown setting(s) {sorted(unknown)}; known: {', '.join(SETTINGS)}")
+    gpu = [n for n in names if n.startswith("gpu")]
+    if gpu and not torch.cuda.is_available():
+        raise ValueError(f"--settings {','.join(gpu)}: no CUDA device is visible")
     run = profile_setting if what == "profile" else bench_setting
     result: dict[str, Any] = {}
     for name in names:
-        overrides = {"paper": PAPER, "gpu": GPU}.get(name, {})
-        result[name] = run(replace(cfg, overrides), repeats, channels_last=name == "gpu")
+        result[name] = run(replace(cfg, SETTINGS[name]), repeats, channels_last=name in gpu)
     if what == "step":
         headline = result.get("paper") or result[names[0]]
         result["ddfp_over_mean_teacher"] = headline["ddfp_over_mean_teacher"]

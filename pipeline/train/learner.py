@@ -81,9 +81,13 @@ class Learner:
         distributed.broadcast_module(flow, dist)
         self.models = Models(student, make_teacher(student).to(device), flow)
         t = cfg.train
+        # Fused kernels (one pass over all parameters) where torch has them: the same update in half
+        # the time of the per-tensor loops (SGD: bit-identical; Adam: within an ulp).
+        fused = True if device.type in ("cpu", "cuda") else None
         self.opt_seg = torch.optim.SGD(student.param_groups(t.lr, cfg.head_lr_mult), lr=t.lr, momentum=t.momentum,
-                                       weight_decay=t.weight_decay)
-        self.opt_flow = torch.optim.Adam(self.models.flow.parameters(), lr=cfg.flow.lr, betas=cfg.flow.betas)
+                                       weight_decay=t.weight_decay, fused=fused)
+        self.opt_flow = torch.optim.Adam(self.models.flow.parameters(), lr=cfg.flow.lr, betas=cfg.flow.betas,
+                                         fused=fused)
         self.dtype = amp_dtype(t.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.total_iters = t.epochs * iters_per_epoch  # the LR schedule's length

@@ -283,3 +283,23 @@ def test_the_step_reads_nothing_back_to_the_host(smoke_cfg, phase, diagnostics):
     with HostReads(watched) as reads:
         out = train_step(models, batch, phase, cfg, diagnostics=diagnostics)
     assert torch.isfinite(out.seg_loss) and reads.reads == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_the_step_never_waits_for_the_gpu(smoke_cfg, diagnostics):
+    # CUDA's own check of what the CPU proxy above approximates: any host sync raises.
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.5, "train.cutmix_prob": 1.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    dev = torch.device("cuda")
+    models = type(models)(models.student.to(dev), models.teacher.to(dev), models.flow.to(dev))
+    batch = type(batch)(*(t.to(dev) for t in vars(batch).values()))
+    train_step(models, batch, DDFP, cfg, diagnostics=diagnostics)  # first use: cuDNN and allocator set-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for phase in (Phase(False, False, False), Phase(True, False, False), WARMUP, DDFP):
+            train_step(models, batch, phase, cfg, diagnostics=diagnostics)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

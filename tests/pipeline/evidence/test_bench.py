@@ -4,7 +4,7 @@ import sys
 from pipeline import params
 import torch
 
-from pipeline.evidence.bench import paired_rounds, ratio_summary, run_bench
+from pipeline.evidence.bench import paired_rounds, projected_hours, ratio_summary, run_bench
 
 
 def test_bench_step_reports_every_method_and_the_ratios():
@@ -54,3 +54,13 @@ def test_help_lists_the_subcommands():
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "step", "--settings", "gpu"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "--settings" in res.stderr
+
+
+def test_the_projection_runs_each_epoch_at_its_phases_step():
+    schedule = params.load(None, "pascal")  # 80 epochs: 1 supervised, 1 flow warm-up, 78 DDFP
+    t = schedule.train
+    assert (t.epochs, t.sup_only_epochs, t.flow_start_epoch, t.perturb_start_epoch) == (80, 1, 1, 2)
+    steps = {"supervised": 1.0, "mean_teacher": 99.0, "ddfp_flow_only": 2.0, "ddfp": 3.0,
+             "ddfp_logged_iteration": 3.0 + schedule.run.log_every}  # one logged iteration in log_every
+    hours = projected_hours(steps, schedule, iters_per_epoch=360)
+    assert hours == (360 * 1.0 + 360 * 2.0 + 78 * 360 * 4.0) / 3600
