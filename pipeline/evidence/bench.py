@@ -33,7 +33,8 @@ from pipeline.train.learner import Learner
 
 PAPER = {"data.dataset": "pascal", "model.backbone": "resnet101", "model.output_stride": 16,
          "data.crop_size": 321, "train.batch_size": 2, "flow.num_samples": 20480, "flow.hidden_dim": 256}
-GPU = {**PAPER, "data.crop_size": 513, "train.batch_size": 4, "train.precision": "bf16", "run.device": "cuda"}
+GPU = {**PAPER, "data.crop_size": 513, "train.batch_size": 4, "train.precision": "bf16", "run.device": "cuda",
+       "run.channels_last": True}
 # The authors' global batch (4 GPUs x (4 + 4)) in one process.
 GPU16 = {**GPU, "train.batch_size": 16}
 SETTINGS = {"demo": {}, "paper": PAPER, "gpu": GPU, "gpu16": GPU16}
@@ -126,15 +127,7 @@ def _breakdown(tr: Learner, batch: Batch, repeats: int) -> dict[str, float]:
     }
 
 
-def _channels_last(tr: Learner, batch: Batch) -> Batch:
-    """NHWC convolutions (tensor cores' native layout) for the segmentation nets and the images."""
-    for model in (tr.models.student, tr.models.teacher):
-        model.to(memory_format=torch.channels_last)
-    cl = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
-    return Batch(cl(batch.img_x), batch.mask_x, cl(batch.img_u_w), cl(batch.img_u_s), batch.ignore_u)
-
-
-def _setting(cfg: Config, channels_last: bool) -> tuple[Learner, Batch, dict[str, Any]]:
+def _setting(cfg: Config) -> tuple[Learner, Batch, dict[str, Any]]:
     """The learner and a random batch of a setting, and what the setting is."""
     cfg = replace(cfg, {"train.conf_thresh": 0.0, "train.max_iters": 10**6, "model.pretrained": False})
     device = SINGLE.device(cfg.run.device)
@@ -142,15 +135,14 @@ def _setting(cfg: Config, channels_last: bool) -> tuple[Learner, Batch, dict[str
                              "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
                              "flow_samples": cfg.flow.num_samples, "device": str(device),
                              "threads": torch.get_num_threads(), "precision": cfg.train.precision,
-                             "channels_last": channels_last}
+                             "channels_last": cfg.run.channels_last}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         about["gpu"] = torch.cuda.get_device_name(device)
     # An epoch of train.max_iters (10^6): the timed iterations run at the schedule's start.
     tr = Learner(cfg, device, iters_per_epoch=cfg.train.max_iters)
-    batch = random_batch(cfg, cfg.spec.num_classes, device, torch.Generator().manual_seed(0))
-    if channels_last:
-        batch = _channels_last(tr, batch)
+    b = random_batch(cfg, cfg.spec.num_classes, device, torch.Generator().manual_seed(0))
+    batch = Batch(tr.images(b.img_x), b.mask_x, tr.images(b.img_u_w), tr.images(b.img_u_s), b.ignore_u)
     return tr, batch, about
 
 
@@ -163,8 +155,8 @@ def _steps(tr: Learner, batch: Batch) -> dict[str, Callable[[], Any]]:
     return steps
 
 
-def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dict[str, Any]:
-    tr, batch, out = _setting(cfg, channels_last)
+def bench_setting(cfg: Config, repeats: int) -> dict[str, Any]:
+    tr, batch, out = _setting(cfg)
     times = paired_rounds(_steps(tr, batch), repeats, 2, tr.device)
     for name, seconds in times.items():
         out[f"{name}_s"] = round(statistics.median(seconds), 4)
@@ -181,10 +173,10 @@ def bench_setting(cfg: Config, repeats: int, channels_last: bool = False) -> dic
     return out
 
 
-def profile_setting(cfg: Config, iterations: int, channels_last: bool = False) -> dict[str, Any]:
+def profile_setting(cfg: Config, iterations: int) -> dict[str, Any]:
     """Milliseconds per iteration by part of the step (pipeline.evidence.profile_step), for mean
     teacher, the flow-fitted step and DDFP, and each one's difference from mean teacher."""
-    tr, batch, out = _setting(cfg, channels_last)
+    tr, batch, out = _setting(cfg)
     steps = _steps(tr, batch)
     out.update(profile_steps({k: steps[k] for k in ("mean_teacher", "ddfp_flow_only", "ddfp")}, iterations, tr.device))
     return out
@@ -238,7 +230,7 @@ def run_bench(cfg: Config, what: str, settings: str, repeats: int) -> dict[str, 
     run = profile_setting if what == "profile" else bench_setting
     result: dict[str, Any] = {}
     for name in names:
-        result[name] = run(replace(cfg, SETTINGS[name]), repeats, channels_last=name in gpu)
+        result[name] = run(replace(cfg, SETTINGS[name]), repeats)
     if what == "step":
         headline = result.get("paper") or result[names[0]]
         result["ddfp_over_mean_teacher"] = headline["ddfp_over_mean_teacher"]

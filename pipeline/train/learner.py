@@ -75,7 +75,9 @@ class Learner:
         seed_everything(cfg.train.seed)
         # The library is handed tensors, never paths: the ImageNet file is read here.
         state = torch.load(weights, map_location="cpu", weights_only=True) if weights else None
-        model = build_model(cfg.model, cfg.spec.num_classes, state).to(device)
+        # NHWC convolutions where run.channels_last asks (the teacher is copied from this layout).
+        self.memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+        model = build_model(cfg.model, cfg.spec.num_classes, state).to(device, memory_format=self.memory_format)
         student = distributed.prepare_student(model, dist, device)
         flow = DensityEstimator(cfg.flow, cfg.model.head_channels, cfg.spec.num_classes).to(device)
         distributed.broadcast_module(flow, dist)
@@ -98,6 +100,10 @@ class Learner:
         m = self.models
         return {"student": m.student, "teacher": m.teacher, "flow": m.flow, "opt_seg": self.opt_seg,
                 "opt_flow": self.opt_flow, "scaler": self.scaler}
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch on the device, in the models' memory format."""
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The configured mixed precision (train.precision) for a forward pass, or nothing for fp32."""

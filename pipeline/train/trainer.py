@@ -170,8 +170,8 @@ class Trainer:
 
     # ---- data, logging and evaluation --------------------------------------------------------
     def to_batch(self, bl: dict, bu: dict) -> Batch:
-        to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
-        return Batch(to(bl["img"]), to(bl["mask"]), to(bu["img_w"]), to(bu["img_s"]), to(bu["ignore"]))
+        to, img = (lambda x: x.to(self.device, non_blocking=True)), self.learner.images  # noqa: E731
+        return Batch(img(bl["img"]), to(bl["mask"]), img(bu["img_w"]), img(bu["img_s"]), to(bu["ignore"]))
 
     def log(self, logs: dict[str, torch.Tensor], progress: Progress, bar: tqdm | PlainProgress) -> None:
         row = {k: round(float(v), 6) for k, v in logs.items()}

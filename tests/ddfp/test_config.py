@@ -111,7 +111,7 @@ def _before_the_run_section(cfg) -> dict:
     tree = cfg.to_dict()
     run = tree.pop("run")
     tree["data"]["num_workers"] = run.pop("num_workers")
-    tree["train"].update(run)
+    tree["train"].update({k: run[k] for k in params.MOVED_TO_RUN["train"]})  # later run keys: defaults
     return tree
 
 
