@@ -56,10 +56,13 @@ class FixedPermutation(InvertibleModule):
 
 
 def _subnet(hidden: int):
-    # The authors' subnet: Linear -> ReLU -> Linear(hidden, hidden) -> ReLU -> Linear.
+    # The authors' subnet: Linear -> ReLU -> Linear(hidden, hidden) -> ReLU -> Linear. The ReLUs work in
+    # place (a Linear's backward needs its input, not its output): the same numbers, one allocation
+    # of N x hidden less each, a few percent of the flow's time.
     def make(c_in: int, c_out: int) -> nn.Module:
         return nn.Sequential(
-            nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, c_out)
+            nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, c_out),
         )
 
     return make
