@@ -303,3 +303,17 @@ def test_the_step_never_waits_for_the_gpu(smoke_cfg, diagnostics):
             train_step(models, batch, phase, cfg, diagnostics=diagnostics)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_step_runs_as_on_a_gpu_in_bf16_and_nhwc(smoke_cfg):
+    # The GPU recipe (bf16 autocast, channels_last) on CPU: the shared first conv's transpose gets a
+    # bf16 gradient and must hand back a delta of norm eps in the features' dtype.
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.1})
+    models, batch = make_models(cfg), make_batch(cfg)
+    for net in (models.student, models.teacher):
+        net.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = train_step(models, batch, DDFP, cfg, diagnostics=True)
+    (out.seg_loss + out.flow_loss).backward()
+    assert all(torch.isfinite(v) for v in out.logs.values())
+    assert abs(float(out.logs["delta_norm"]) - cfg.perturb.eps) < 0.05  # bf16 rounding of delta
