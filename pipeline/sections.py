@@ -44,7 +44,7 @@ class RunConfig(Section):
     eval_every: int = Field(default=4, ge=1, description="epochs between evaluations")
     channels_last: bool = Field(
         default=True, description="train the segmentation nets in NHWC memory format: the layout of tensor "
-                                  "cores and oneDNN (5-7 %% faster steps measured on CPU)".replace("%%", "%")
+                                  "cores and oneDNN (5-7 % faster steps measured on CPU)"
     )
 
 
