@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Collection, Literal, Mapping, get_args
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ddfp.data.spec import DatasetSpec, get_spec
 
-# The three methods of one training step, in the order tables list them (baseline first).
-Method = Literal["supervised", "mean_teacher", "ddfp"]
+# The training methods, in the order tables list them (baseline first). What each one uses (teacher,
+# strong views, feature perturbation, flow, reported network) is its row in ddfp.methods.METHODS.
+Method = Literal["supervised", "mean_teacher", "fixmatch", "unimatch", "ddfp"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -88,9 +89,11 @@ class FlowConfig(Section):
 class PerturbConfig(Section):
     eps: float = Field(default=4.0, ge=0)
     mask: Literal["confident", "all"] = "confident"
-    direction: Literal["density", "random"] = Field(
+    direction: Literal["density", "random", "dropout"] = Field(
         default="density", description="density: the flow's NLL gradient (DDFP); random: a random unit "
-        "direction per pixel with the same eps and mask, the control that isolates the density direction")
+        "direction per pixel with the same eps and mask, the control that isolates the density direction; "
+        "dropout: UniMatch's Dropout2d(0.5) of V under the same mask (eps unused), the other method's "
+        "perturbation on DDFP's footing")
 
 
 class TeacherConfig(Section):
@@ -149,7 +152,8 @@ class EvalConfig(Section):
     stride_ratio: float = Field(default=2 / 3, gt=0, le=1)
     batch_size: int = Field(default=1, ge=1)
     model: Literal["teacher", "student"] = Field(
-        default="teacher", description="reported model; the supervised baseline has no teacher and uses the student"
+        default="teacher", description="reported model of a method with an EMA teacher; the others report the "
+        "student (ddfp.methods.reported_model)"
     )
 
 
@@ -194,13 +198,6 @@ class MethodConfig(Section):
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol(self.eval.mode or self.spec.eval_mode, self.eval.crop_size or self.data.crop_size,
                             self.eval.stride_ratio, self.spec.num_classes)
-
-    def reported_model(self, evaluated: Collection[str] = ("student", "teacher")) -> Literal["teacher", "student"]:
-        """eval.model where it was evaluated, else the student: a supervised run has no teacher, and
-        a semi-supervised one evaluates none before its teacher trains."""
-        if self.train.method == "supervised" or self.eval.model not in evaluated:
-            return "student"
-        return self.eval.model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe): what checkpoints and trackers store."""

@@ -10,6 +10,10 @@ gets one through the batch statistics, so every pixel moves by eps.
 
 direction="random" is the control that isolates the density direction: a Gaussian direction normalised
 over channels per pixel, the same eps and mask, drawn from the training RNG (it is part of training).
+direction="dropout" puts UniMatch's feature perturbation in the same place: delta = Dropout2d(0.5)(V) - V
+(half of V's channels dropped per image, the rest doubled), under the same mask; eps does not apply (the
+dropout sets the size). Network, BN routing and loss weights stay DDFP's, so only the kind of
+perturbation differs.
 eps = 0 gives delta == 0 exactly: the perturbation branch without a perturbation.
 """
 
@@ -18,10 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ddfp.flow.density import DensityEstimator
 from ddfp.model.deeplab import DeepLabV3Plus
+
+
+FEATURE_DROPOUT = 0.5  # UniMatch's nn.Dropout2d(0.5) on the features it perturbs
 
 
 @dataclass
@@ -69,6 +77,9 @@ def density_descending_delta(
     if density:
         (grad_h,) = torch.autograd.grad(nll_sum, h)
     with torch.no_grad():  # delta is a constant: no graph to conv1's weight
+        if direction == "dropout":
+            delta = F.dropout2d(v, FEATURE_DROPOUT, training=True) - v
+            return Perturbation(delta * confident[:, None].to(v.dtype) if mask == "confident" else delta, nll_query)
         step = model.offset_gradient(grad_h, v.shape).float() if density else torch.randn(v.shape, device=v.device)
         # eps * step / |step| per pixel (F.normalize's floor of 1e-12), zero outside the mask: one
         # per-pixel scale, so the B x C x h x w map is touched once.

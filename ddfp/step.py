@@ -1,14 +1,15 @@
-"""One training step of supervised / mean-teacher / DDFP training, as pure computation.
+"""The step's data (Phase, Models, Batch, StepOutput), the supervised step every method starts with,
+and the semi-supervised step of mean teacher and DDFP, as pure computation.
 
-train_step builds the losses (with graphs) and detached diagnostics; the caller owns optimisers,
-backward, AMP, devices and the teacher update. No host-device sync happens here: diagnostics stay
+A step builds the losses (with graphs) and detached diagnostics; the caller owns optimisers,
+backward, AMP, devices and the teacher update (ddfp.methods.train_step picks the method's step). No host-device sync happens here: diagnostics stay
 tensors until the caller decides to log them.
 
 Phases (the authors' schedule): supervised only before `sup_only_epochs`; then semi-supervised with the
 flow fitted from `flow_start_epoch`; the perturbation branch from `perturb_start_epoch`.
 `perturb.direction: random` and `perturb.eps: 0` are the controls of the density direction: the same
 network, BN routing and loss weights.
-`mean_teacher` is the same step without flow and perturbation, so ablations share one code path.
+Mean teacher is the same step without flow and perturbation, so ablations share one code path.
 Its parts run in named torch.profiler ranges (`ddfp.encode`, `ddfp.search`, ...): `ddfp bench profile`
 charges every millisecond of a step, backward included, to one of them.
 """
@@ -16,6 +17,7 @@ charges every millisecond of a step, backward included, to one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -28,23 +30,19 @@ from ddfp.flow.density import DensityEstimator, sample_pixels
 from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels, masked_ce, pseudo_labels
 from ddfp.model.deeplab import DeepLabV3Plus, upsample
-from ddfp.perturb import Perturbation, density_descending_delta, pixels_last, query_nll
-
-DIAGNOSTICS_SEED = 0  # the diagnostics' own pixel subset; any fixed value keeps the training stream intact
-
+from ddfp.diagnostics import FitData, density_logs, perturbation_logs
+from ddfp.perturb import Perturbation, density_descending_delta, pixels_last
 
 @dataclass(frozen=True)
 class Phase:
-    semi: bool  # teacher pseudo-labels + CutMix + unlabelled loss
-    fit_flow: bool  # train the density estimator (on the features flow.fit_on names)
-    perturb: bool  # density-descending perturbation branch
+    """What one iteration does, from the method's row of ddfp.methods.METHODS and the epoch
+    (ddfp.methods.phase_at): the step functions read these flags, never the method's name."""
 
-    @staticmethod
-    def at_epoch(epoch: int, cfg: MethodConfig) -> "Phase":
-        t, method = cfg.train, cfg.train.method
-        semi = method != "supervised" and epoch >= t.sup_only_epochs
-        ddfp = method == "ddfp"
-        return Phase(semi, ddfp and epoch >= t.flow_start_epoch, ddfp and epoch >= t.perturb_start_epoch)
+    semi: bool  # pseudo-labels + CutMix + unlabelled loss
+    fit_flow: bool = False  # train the density estimator (on the features flow.fit_on names)
+    perturb: bool = False  # the feature-perturbation branch
+    aux_bn: bool = False  # the classifier's auxiliary BN serves the perturbed rows (and warms up before)
+    ema_teacher: bool = False  # an EMA teacher pseudo-labels (handed off, updated and evaluated)
 
 
 @dataclass
@@ -61,6 +59,20 @@ class Batch:
     img_u_w: Tensor  # B x 3 x H x W unlabelled, weak view
     img_u_s: Tensor  # B x 3 x H x W unlabelled, strong view (same geometry)
     ignore_u: Tensor  # B x H x W, IGNORE_INDEX on padding
+    img_u_s2: Tensor | None = None  # a second strong view (its own colour draws), for methods that read two
+
+    @classmethod
+    def from_samples(cls, labelled: Mapping[str, Tensor], unlabelled: Mapping[str, Tensor],
+                     images: Callable[[Tensor], Tensor], labels: Callable[[Tensor], Tensor]) -> "Batch":
+        """The one mapping from the dataset's keys (ddfp.data.dataset) to the step's fields; `images`
+        and `labels` move image and label tensors to where the step runs."""
+        s2 = unlabelled.get("img_s2")
+        return cls(images(labelled["img"]), labels(labelled["mask"]), images(unlabelled["img_w"]),
+                   images(unlabelled["img_s"]), labels(unlabelled["ignore"]), None if s2 is None else images(s2))
+
+    @property
+    def strong(self) -> tuple[Tensor, ...]:
+        return (self.img_u_s,) if self.img_u_s2 is None else (self.img_u_s, self.img_u_s2)
 
 
 @dataclass
@@ -70,14 +82,14 @@ class StepOutput:
     logs: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
 
 
-def _n_main(phase: Phase, cfg: MethodConfig, batch_size: int) -> int:
+def _n_main(phase: Phase, batch_size: int) -> int:
     """How many leading samples of the classifier batch use the main BN (the rest: aux BN).
 
-    DDFP follows the authors: during the supervised epoch half the labelled batch warms the aux BN;
-    during the flow warm-up the strong unlabelled half goes through the aux BN. Other methods never
-    use the aux BN.
+    With the aux BN (DDFP) as the authors do: during the supervised epoch half the labelled batch
+    warms the aux BN; during the flow warm-up the strong unlabelled half goes through the aux BN.
+    Methods without it never use the aux BN.
     """
-    if cfg.train.method != "ddfp":
+    if not phase.aux_bn:
         return 2 * batch_size
     return batch_size // 2 if not phase.semi else batch_size
 
@@ -86,7 +98,7 @@ def supervised_step(student: DeepLabV3Plus, batch: Batch, phase: Phase, cfg: Met
     with record_function("ddfp.encode"):
         v = student.encode(batch.img_x)
     with record_function("ddfp.classify"):
-        logits, _ = student.classify(v, n_main=_n_main(phase, cfg, batch.img_x.shape[0]))
+        logits, _ = student.classify(v, n_main=_n_main(phase, batch.img_x.shape[0]))
     with record_function("ddfp.loss"):
         loss_sup = masked_ce(upsample(logits, batch.img_x.shape[-2:]), batch.mask_x)
     return StepOutput(cfg.loss.sup * loss_sup, None, {"loss_sup": loss_sup.detach()})
@@ -100,16 +112,6 @@ def teacher_predict(teacher: DeepLabV3Plus, batch: Batch, cfg: MethodConfig) -> 
     b = batch.img_x.shape[0]
     labels, _ = pseudo_labels(out.logits[b:], cfg.train.conf_thresh, batch.ignore_u)
     return labels, out.feats
-
-
-@dataclass
-class FitData:
-    """What the flow is fitted on: 2B feature maps [labelled ; unlabelled] and the unlabelled half's
-    padding (IGNORE_INDEX) and pseudo-labels, all in the geometry of those features (mixed or not)."""
-
-    feats: Tensor  # 2B x C x h x w, no graph
-    ignore_u: Tensor  # B x H x W
-    labels_u: Tensor  # B x H x W, IGNORE_INDEX where not confident (diagnostics only)
 
 
 def flow_step(
@@ -155,7 +157,7 @@ def _classify(models: Models, v: Tensor, confident: Tensor, phase: Phase,
     student, b = models.student, v.shape[0] // 2
     if not phase.perturb:
         with record_function("ddfp.classify"):
-            return (*student.classify(v, n_main=_n_main(phase, cfg, b)), None)
+            return (*student.classify(v, n_main=_n_main(phase, b)), None)
     # The clean pass's first conv serves the search (which needs conv1 of the unlabelled V) and the
     # perturbed rows (conv1(V + delta) = conv1(V) + conv1 of delta without bias), so the unlabelled V
     # is convolved once, not three times. The perturbed rows keep V's graph.
@@ -197,70 +199,10 @@ def semi_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, dia
             flow_loss, bpd = flow_step(models.flow, fit.feats, batch.mask_x, fit.ignore_u, cfg)
         logs["flow_bpd"] = bpd.detach()
         if diagnostics:
-            logs.update(_density_logs(models, fit, v[b:], confident, pert, cfg))
+            logs.update(density_logs(models.student, models.flow, fit, v[b:], confident, pert, cfg))
     if diagnostics and pert is not None:
-        logs.update(_perturbation_logs(models.flow, pert, v[b:], feats[2 * b :], confident, cfg))
+        logs.update(perturbation_logs(models.flow, pert, v[b:], feats[2 * b :], confident, cfg))
     return StepOutput(seg, flow_loss, logs)
 
 
-def _diagnostic_subset(valid: Tensor, cfg: MethodConfig) -> tuple[Tensor, Tensor]:
-    """num_samples of the valid pixels from a generator of its own, so that whether (and how often)
-    diagnostics run never shifts the random stream that training draws from."""
-    own = torch.Generator(device=valid.device).manual_seed(DIAGNOSTICS_SEED)
-    return sample_pixels(valid, cfg.flow.num_samples, own)
-
-
-@torch.no_grad()
-def _density_logs(
-    models: Models, fit: FitData, v_u: Tensor, confident: Tensor, pert: Perturbation | None, cfg: MethodConfig
-) -> dict[str, Tensor]:
-    """Mean mixture NLL of confident unlabelled pixels as fitted (nll_fit) and where the perturbation
-    gradient is taken (nll_query): far apart, the density direction is read off the flow's tail.
-
-    Before the perturbation starts nll_query runs the search's pass for the record: aux BN batch
-    statistics and dropout, with the dropout draws on a forked RNG (no effect on training).
-    """
-    u = fit.feats[fit.labels_u.shape[0] :]
-    fit_confident = (downsample_labels(fit.labels_u, u.shape[-2:]) != IGNORE_INDEX).reshape(-1)
-    idx, weights = _diagnostic_subset(fit_confident, cfg)
-    nll_fit = models.flow.nll(pixels_last(u)[idx], None, weights).nll
-    if pert is not None:
-        return {"nll_fit": nll_fit, "nll_query": pert.nll_query}
-    devices = [] if v_u.device.type == "cpu" else [v_u.device]
-    with torch.random.fork_rng(devices=devices, device_type=v_u.device.type):
-        _, nll_query = query_nll(models.student, models.flow, models.student.first_conv(v_u), confident)
-    return {"nll_fit": nll_fit, "nll_query": nll_query}
-
-
-@torch.no_grad()
-def _perturbation_logs(
-    flow: DensityEstimator, pert: Perturbation, v_u: Tensor, feats_pt: Tensor, confident: Tensor, cfg: MethodConfig
-) -> dict[str, Tensor]:
-    """NLL of confident features after the perturbation, the mean |delta| where it applies and the mean
-    per-pixel |V| of confident pixels (eps / v_norm is the relative size of the step).
-
-    The after-NLL reuses the perturbed branch's features on a num_samples subset: a diagnostic should
-    not cost another full flow pass.
-    """
-    flat = confident.reshape(-1)
-    idx, weights = _diagnostic_subset(flat, cfg)
-    after = flow.nll(pixels_last(feats_pt)[idx], None, weights).nll
-    norms = pert.delta.float().norm(dim=1).reshape(-1)
-    moved = flat if cfg.perturb.mask == "confident" else torch.ones_like(flat)
-    delta_norm = (norms * moved).sum() / moved.sum().clamp_min(1)
-    v_norm = (v_u.float().norm(dim=1).reshape(-1) * flat).sum() / flat.sum().clamp_min(1)
-    return {"nll_after": after, "delta_norm": delta_norm, "v_norm": v_norm}
-
-
-def train_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConfig, diagnostics: bool = True) -> StepOutput:
-    """Losses and diagnostics of one iteration (the student must be in train mode).
-
-    diagnostics=False skips the density and perturbation diagnostics (extra flow passes, and a
-    classifier pass in the flow's warm-up): the trainer asks for them only on the iterations it logs.
-    """
-    if not phase.semi:
-        return supervised_step(models.student, batch, phase, cfg)
-    return semi_step(models, batch, phase, cfg, diagnostics)
-
-
-__all__ = ["Batch", "Models", "Phase", "StepOutput", "train_step"]
+__all__ = ["Batch", "FitData", "Models", "Phase", "StepOutput", "flow_step", "semi_step", "supervised_step"]

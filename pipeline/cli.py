@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from pipeline import params
 from pipeline.cli_args import LAYOUT, config_args, load_config
 from pipeline.errors import EXIT_INTERRUPTED, exit_code_help, failure
+from pipeline.evidence.arms import ARMS
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.stages.inputs import INPUTS_RULE
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2,3,4", help="train.seed values of every arm at the smallest split")
     p.add_argument("--curve-seeds", default="0,1,2", help="train.seed values of the main methods at the other splits")
     p.add_argument("--arms", "--methods", dest="arms",
-                   default="supervised,mean_teacher,ddfp,ddfp_eps0,ddfp_random,all_labels", help="comma list of arms")
+                   default=",".join(ARMS), help="comma list of arms")
     p.add_argument("--commit", action="store_true", help="git-commit each run's record as it lands (resume elsewhere)")
     p = sub.add_parser("sensitivity", help="gather benchmarks/sensitivity.sh's runs into reports/sensitivity.*")
     p.add_argument("--split", required=True, help="the split the runs trained on")

@@ -41,6 +41,9 @@ OURS = ("run", "slurm", "tracking")
 Invocation = Callable[[list[str]], tuple[Config, RunPaths, Path | None]]
 
 
+TRAIN_COMMAND = ["ddfp", "train"]  # what the train stage's cmd must start with
+
+
 def dvc(root: Path, *args: str, capture: bool = False) -> str:
     """Run `dvc <args>` in root; its output streams to the user unless captured; DataError on failure."""
     done = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=capture)
@@ -80,7 +83,7 @@ def stage_argv(root: Path, items: list[dict[str, str]]) -> list[list[str]]:
             return str(node)
 
         words = shlex.split(re.sub(r"\$\{([^}]+)\}", value, template))
-        if words[:2] != ["ddfp", "train"]:
+        if words[:2] != TRAIN_COMMAND:
             raise UsageError(f"dvc.yaml: the {TRAIN_STAGE} stage runs `{' '.join(words[:2])}`, not `ddfp train`")
         return words[1:]
 

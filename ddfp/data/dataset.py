@@ -2,7 +2,8 @@
 
 Split lists use UniMatch's format: one sample per line, image path and optional mask path relative to
 the data root, separated by a space. Tensors are named as the trainer uses them: labelled ``img``/``mask``,
-unlabelled ``img_w``/``img_s``/``ignore``.
+unlabelled ``img_w``/``img_s``/``ignore`` (and ``img_s2``, a second strong view, for methods that
+read two: the same geometry, colour drawn again).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SegDataset(Dataset):
         crop_size: int,
         scale_range: tuple[float, float],
         num_classes: int,
+        strong_views: int = 1,
     ) -> None:
         if mode not in ("labeled", "unlabeled", "val"):
             raise ValueError(f"mode must be 'labeled', 'unlabeled' or 'val', got {mode!r}")
@@ -73,6 +75,7 @@ class SegDataset(Dataset):
         self.crop_size = crop_size
         self.scale_range = scale_range
         self.num_classes = num_classes
+        self.strong_views = strong_views
         self._strong = strong_photometric()
 
     def __len__(self) -> int:
@@ -115,4 +118,5 @@ class SegDataset(Dataset):
             return {"img": normalize(image), "mask": mask_to_long(mask)}
         ignore = padding_mask(*image.shape[-2:])
         image, ignore = train_geometry(image, ignore, self.crop_size, self.scale_range)
-        return {"img_w": normalize(image), "img_s": normalize(self._strong(image)), "ignore": mask_to_long(ignore)}
+        views = {"img_s" if k == 0 else f"img_s{k + 1}": normalize(self._strong(image)) for k in range(self.strong_views)}
+        return {"img_w": normalize(image), **views, "ignore": mask_to_long(ignore)}

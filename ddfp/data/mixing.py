@@ -6,6 +6,9 @@ integers in (W/2 + 1, W) (numpy ``randint(W/2 + 1, W)``), height round(H W / 2 /
 uniform. The pseudo-labels, their confidence and the ignore mask are mixed with the same boxes, all
 from the unmixed batch (the authors build the mixed batch from the originals, not in place).
 
+UniMatch's own boxes (``unimatch_boxes``: per image, with probability p, a box of 2-40 % of the area)
+serve FixMatch and UniMatch, which mix every strong view with boxes of its own.
+
 Boxes are drawn on the host from a CPU generator (the global torch RNG by default, so a checkpointed
 RNG state reproduces them) and only ever copied to the device: no device-to-host synchronisation.
 """
@@ -28,6 +31,30 @@ def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator
     return torch.stack([y0, y0 + box_h, x0, x0 + box_w], dim=1)
 
 
+def unimatch_boxes(batch: int, size: int, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """UniMatch's per-image CutMix box (``obtain_cutmix_box``) for square size x size crops: B x 4 boxes
+    (y0, y1, x0, x1), an empty one (0, 0, 0, 0) where the image is not mixed (probability 1 - p each).
+
+    Area uniform in [0.02, 0.4] of the crop (drawn once), then aspect ratio uniform in [0.3, 1/0.3],
+    width int(sqrt(area / ratio)), height int(sqrt(area x ratio)) and corner uniform over 0..size-1,
+    redrawn until the box fits, as the released loop does. Drawn on the host (no device sync), from the
+    global CPU RNG unless a generator is given.
+    """
+    boxes = torch.zeros(batch, 4, dtype=torch.long)
+    for i in range(batch):
+        if torch.rand((), generator=generator, dtype=torch.float64).item() > p:
+            continue
+        area = (0.02 + torch.rand((), generator=generator, dtype=torch.float64).item() * 0.38) * size * size
+        while True:
+            ratio = 0.3 + torch.rand((), generator=generator, dtype=torch.float64).item() * (1 / 0.3 - 0.3)
+            w, h = int((area / ratio) ** 0.5), int((area * ratio) ** 0.5)
+            x, y = (int(v) for v in torch.randint(0, size, (2,), generator=generator))
+            if x + w <= size and y + h <= size:
+                boxes[i] = torch.tensor([y, y + h, x, x + w])
+                break
+    return boxes
+
+
 def box_masks(boxes: torch.Tensor, height: int, width: int, device: torch.device | str) -> torch.Tensor:
     """B x H x W bool, True inside each image's box (built by broadcasting, on device)."""
     boxes = boxes.to(device, non_blocking=True)
@@ -37,10 +64,11 @@ def box_masks(boxes: torch.Tensor, height: int, width: int, device: torch.device
     return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
 
 
-def paste_from_next(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """x[i] with its box region replaced by x[(i + 1) mod B]; x is B x ... x H x W."""
+def paste_from_next(x: torch.Tensor, inside: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+    """x[i] with its box region replaced by source[(i + 1) mod B] (source: x itself unless given, e.g.
+    the mixing images' own pseudo-labels); x is B x ... x H x W."""
     shape = (inside.shape[0],) + (1,) * (x.dim() - 3) + tuple(inside.shape[1:])
-    return torch.where(inside.view(shape), torch.roll(x, shifts=-1, dims=0), x)
+    return torch.where(inside.view(shape), torch.roll(x if source is None else source, shifts=-1, dims=0), x)
 
 
 def cutmix(boxes: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -90,7 +90,11 @@ class DeepLabV3Plus(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Image -> V, the [low 48 ; ASPP head_channels] feature at stride 4 (304 channels in the paper)."""
-        low, high = self.backbone(x)
+        return self.decode(*self.backbone(x))
+
+    def decode(self, low: Tensor, high: Tensor) -> Tensor:
+        """The backbone's (low-level, high-level) features -> V. A step of its own because UniMatch's
+        feature perturbation drops channels of the backbone's features and decodes them a second time."""
         aspp = self.aspp_head(self.aspp(high))
         aspp = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=True)
         return torch.cat([self.low_proj(low), aspp], dim=1)

@@ -1,9 +1,10 @@
 """`ddfp ablation`: the controlled ablation of DDFP, paired by seed, resumable on any machine.
 
-Arms (ARMS): supervised, mean teacher, DDFP, its two controls of the density direction (eps = 0:
-the same network, BN routing and loss weights with no perturbation; a random direction of the same
-per-pixel norm), and supervised training on every training image of the smallest split. The plan:
-every arm at the smallest split with `seeds`, the three main methods on the other splits with
+Arms (ARMS): every method of the method table (supervised, mean teacher, FixMatch, UniMatch, DDFP),
+DDFP's three controls of the density direction (eps = 0: the same network, BN routing and loss weights
+with no perturbation; a random direction of the same per-pixel norm; UniMatch's feature dropout in
+the perturbation's place), and supervised training on every training image of the smallest split.
+The plan: every arm at the smallest split with `seeds`, the methods on the other splits with
 `curve_seeds` (the label curve); seeds are given up front, never chosen after the results.
 
 Each finished run leaves a small record, `<out>/ablation_runs/<arm>/<split>/seed<k>.json` (its mIoU,
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ddfp.config import METHODS
 from pipeline.errors import DataError, UsageError
+from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.evidence.diagnostics import pseudo_label_diagnostics, train_log_diagnostics
 from pipeline.files import write_json_atomic, write_text_atomic
@@ -41,16 +42,6 @@ from pipeline.train.fit import fit
 from pipeline.train.loaders import read_split_file
 from pipeline.train.trainer import RunPaths, StopFlag
 
-# arm -> (train.method, overrides): the one place an arm is defined.
-ARMS: dict[str, tuple[str, dict[str, Any]]] = {
-    "supervised": ("supervised", {}),
-    "mean_teacher": ("mean_teacher", {}),
-    "ddfp": ("ddfp", {}),
-    "ddfp_eps0": ("ddfp", {"perturb.eps": 0.0}),
-    "ddfp_random": ("ddfp", {"perturb.direction": "random"}),
-    "all_labels": ("supervised", {}),  # on all_labels_split(smallest split)
-}
-CURVE_ARMS = METHODS  # the label curve: the three methods, not the controls
 # Values that cannot change a run's weights or its evaluation: a record stays valid when only these
 # differ (data.splits only lists which splits exist; the others schedule, log or track).
 NOT_RESULTS = ("profile", "methods", "data.splits", "run.num_workers", "download.", "run.device",

@@ -38,8 +38,9 @@ class Goal:
         return f"{'>' if self.strict else '>='} {bound}" + (", CI above 0" if self.ci_above_zero else "")
 
 
-GOALS = {"supervised": Goal(10.0, False, False), "mean_teacher": Goal(1.0, False, True),
-         "ddfp_eps0": Goal(0.0, True, True), "ddfp_random": Goal(0.0, True, True)}
+GOALS = {"supervised": Goal(10.0, False, False), "mean_teacher": Goal(0.0, False, True),
+         "unimatch": Goal(0.0, False, False), "ddfp_eps0": Goal(0.0, True, True),
+         "ddfp_random": Goal(0.0, True, True), "ddfp_dropout": Goal(0.0, True, True)}
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def goal_rows(per_arm: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     return rows
 
 
-PAIRS = (("ddfp", "supervised"), ("mean_teacher", "supervised"), ("ddfp", "mean_teacher"))
+PAIRS = (("ddfp", "supervised"), ("mean_teacher", "supervised"), ("fixmatch", "supervised"),
+         ("unimatch", "supervised"), ("ddfp", "mean_teacher"), ("ddfp", "unimatch"))
 
 
 def _ci(p: Paired) -> str:
@@ -96,7 +98,7 @@ def split_pairs(frame: pd.DataFrame, splits: list[str]) -> list[dict[str, Any]]:
 
 
 def _name(arm: str) -> str:
-    return "DDFP" if arm == "ddfp" else arm
+    return arm.replace("ddfp", "DDFP")
 
 
 def summary_frame(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""`ddfp bench step`: median wall time of one training iteration per method, and its breakdown.
+"""`ddfp bench step`: median wall time of one training iteration per method (and DDFP's controls),
+each one's ratio to mean teacher, and DDFP's breakdown.
 
 Settings: `demo` (the active profile's model and batch), `paper` (ResNet-101,
 output stride 16, 321 px, 2 labelled + 2 unlabelled, 20,480 flow samples, 21 classes) and, on a GPU,
@@ -16,8 +17,10 @@ rounds' own ratios, with its spread. A slow spell then slows both sides of a rat
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,7 +28,8 @@ import torch
 from ddfp.data.spec import IGNORE_INDEX
 from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
-from ddfp.step import Batch, Phase, flow_step, train_step
+from ddfp.methods import phase_at, train_step
+from ddfp.step import Batch, Phase, flow_step
 from pipeline.evidence.profile_step import profile_steps
 from pipeline.params import Config, load, replace
 from pipeline.train.distributed import SINGLE
@@ -40,13 +44,42 @@ GPU16 = {**GPU, "train.batch_size": 16}
 SETTINGS = {"demo": {}, "paper": PAPER, "gpu": GPU, "gpu16": GPU16}
 # Pascal's train_aug has 10,582 images; at 92 labels the other 10,490 are the unlabelled epoch.
 PASCAL_UNLABELLED_AT_92 = 10_582 - 92
-# The step variants, as phases of the ddfp method (mean_teacher = semi without flow or perturbation).
-VARIANTS = {
-    "supervised": Phase(False, False, False),
-    "mean_teacher": Phase(True, False, False),
-    "ddfp_flow_only": Phase(True, True, False),
-    "ddfp": Phase(True, True, True),
+# The timed variants: name -> (train.method, overrides), each in its method's last phase; ddfp_flow_only
+# is DDFP's flow warm-up epoch (flow fitted, no perturbation).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}),
+    "mean_teacher": ("mean_teacher", {}),
+    "fixmatch": ("fixmatch", {}),
+    "unimatch": ("unimatch", {}),
+    "ddfp_flow_only": ("ddfp", {}),
+    "ddfp": ("ddfp", {}),
+    "ddfp_random": ("ddfp", {"perturb.direction": "random"}),
+    "ddfp_dropout": ("ddfp", {"perturb.direction": "dropout"}),
 }
+
+REFERENCE = "mean_teacher"  # every variant's time is also given as a ratio to this one's
+
+
+@dataclass(frozen=True)
+class Variant:
+    cfg: Config
+    phase: Phase
+
+
+def variants(cfg: Config) -> dict[str, Variant]:
+    out = {}
+    for name, (method, overrides) in VARIANTS.items():
+        v_cfg = replace(cfg, {"train.method": method, **overrides})
+        phase = phase_at(v_cfg.train.epochs - 1, v_cfg)
+        out[name] = Variant(v_cfg, dataclasses.replace(phase, perturb=False) if name == "ddfp_flow_only" else phase)
+    return out
+
+
+def run_variant(tr: Learner, variant: Variant, batch: Batch, diagnostics: bool = False) -> Any:
+    # One learner serves every variant: the models and optimisers are the same for every method, and
+    # only the step (chosen by the config's train.method) differs.
+    tr.cfg = variant.cfg
+    return tr.run_iteration(batch, variant.phase, 0, diagnostics=diagnostics)
 
 
 def random_batch(cfg: Config, num_classes: int, device: torch.device, gen: torch.Generator) -> Batch:
@@ -56,7 +89,7 @@ def random_batch(cfg: Config, num_classes: int, device: torch.device, gen: torch
     mask[:, : s // 16] = IGNORE_INDEX  # a void band, as real masks have
     ignore = torch.zeros(b, s, s, dtype=torch.long)
     ignore[:, -s // 16 :] = IGNORE_INDEX  # padding
-    return Batch(img(), mask.to(device), img(), img(), ignore.to(device))
+    return Batch(img(), mask.to(device), img(), img(), ignore.to(device), img())
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -142,28 +175,32 @@ def _setting(cfg: Config) -> tuple[Learner, Batch, dict[str, Any]]:
     # An epoch of train.max_iters (10^6): the timed iterations run at the schedule's start.
     tr = Learner(cfg, device, iters_per_epoch=cfg.train.max_iters)
     b = random_batch(cfg, cfg.spec.num_classes, device, torch.Generator().manual_seed(0))
-    batch = Batch(tr.images(b.img_x), b.mask_x, tr.images(b.img_u_w), tr.images(b.img_u_s), b.ignore_u)
-    return tr, batch, about
+    samples = {"img": b.img_x, "mask": b.mask_x, "img_w": b.img_u_w, "img_s": b.img_u_s, "img_s2": b.img_u_s2,
+               "ignore": b.ignore_u}
+    return tr, Batch.from_samples(samples, samples, tr.images, lambda x: x), about
 
 
 def _steps(tr: Learner, batch: Batch) -> dict[str, Callable[[], Any]]:
     """One training iteration per variant, as the trainer runs most iterations: without the
     perturbation diagnostics, which it computes only on the iterations it logs (timed apart)."""
-    steps = {name: (lambda phase=phase: tr.run_iteration(batch, phase, 0, diagnostics=False))
-             for name, phase in VARIANTS.items()}
-    steps["ddfp_logged_iteration"] = lambda: tr.run_iteration(batch, VARIANTS["ddfp"], 0, diagnostics=True)
+    runs = variants(tr.cfg)
+    steps = {name: (lambda v=v: run_variant(tr, v, batch)) for name, v in runs.items()}
+    steps["ddfp_logged_iteration"] = lambda: run_variant(tr, runs["ddfp"], batch, diagnostics=True)
     return steps
 
 
 def bench_setting(cfg: Config, repeats: int) -> dict[str, Any]:
     tr, batch, out = _setting(cfg)
+    ddfp_cfg = variants(tr.cfg)["ddfp"].cfg  # the breakdown times DDFP's pieces
     times = paired_rounds(_steps(tr, batch), repeats, 2, tr.device)
     for name, seconds in times.items():
         out[f"{name}_s"] = round(statistics.median(seconds), 4)
-    ratios = {"ddfp_over_mean_teacher": ratio_summary(times["ddfp"], times["mean_teacher"]),
-              "perturbation_overhead": ratio_summary(times["ddfp"], times["ddfp_flow_only"]),
+    over_mt = {f"{name}_over_{REFERENCE}": ratio_summary(times[name], times[REFERENCE])
+               for name in VARIANTS if name != REFERENCE}
+    ratios = {**over_mt, "perturbation_overhead": ratio_summary(times["ddfp"], times["ddfp_flow_only"]),
               "flow_fit_overhead": ratio_summary(times["ddfp_flow_only"], times["mean_teacher"])}
     out.update({k: r["median"] for k, r in ratios.items()}, ratios=ratios)
+    tr.cfg = ddfp_cfg
     with tr.autocast():
         out["breakdown"] = {k: round(v, 4) for k, v in _breakdown(tr, batch, repeats).items()}
     if tr.device.type == "cuda":
@@ -188,8 +225,9 @@ def projected_hours(step_s: dict[str, float], schedule: Config, iters_per_epoch:
     checkpoints and data loading beyond the step are not in it."""
     seconds = 0.0
     for epoch in range(schedule.train.epochs):
-        phase = Phase.at_epoch(epoch, schedule)
-        name = next(k for k, v in VARIANTS.items() if v == phase)
+        phase = phase_at(epoch, schedule)
+        name = "ddfp" if phase.perturb else "ddfp_flow_only" if phase.fit_flow else "mean_teacher" if phase.semi \
+            else "supervised"
         step = step_s[name]
         if phase.perturb:
             step += (step_s["ddfp_logged_iteration"] - step) / schedule.run.log_every
@@ -211,7 +249,8 @@ def _check_syncs(tr: Learner, batch: Batch) -> str:
     torch.cuda.set_sync_debug_mode("error")
     try:
         with tr.autocast():
-            train_step(tr.models, batch, VARIANTS["ddfp"], tr.cfg, diagnostics=False)
+            ddfp = variants(tr.cfg)["ddfp"]
+            train_step(tr.models, batch, ddfp.phase, ddfp.cfg, diagnostics=False)
         return "none"
     except RuntimeError as err:
         return str(err).splitlines()[0]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ddfp.config import ConfigError
 from ddfp.inference import predict
+from ddfp.methods import reported_model
 from ddfp.model.deeplab import build_model
 from pipeline import figures
 from pipeline.files import write_json_atomic
@@ -80,7 +81,7 @@ def best_evaluation(evals: list[dict[str, Any]], model: str, final_miou: float, 
 def network(state: dict[str, Any], trained: Config, device: torch.device, path: Path) -> nn.Module:
     """The exported network, refused when the configuration asks for the other one: the export of
     a train stage follows eval.model, so `dvc repro` writes it again when eval.model changes."""
-    if trained.reported_model() != state["model"]:
+    if reported_model(trained) != state["model"]:
         raise ConfigError(f"eval.model is {trained.eval.model} but {path} holds the {state['model']}: run the "
                           "train stage again (`dvc repro` does), or pass the run's last.pt")
     model = build_model(trained.model, trained.spec.num_classes)

@@ -38,7 +38,7 @@ PAPER = {
         "supervised (U2PL)": {"92": 45.77, "183": 54.92, "366": 65.88, "732": 71.69, "1464": 72.50},
     },
 }
-GAIN = "ddfp - supervised"
+BASELINE = METHODS[0]  # the supervised baseline: every other method's gain is over it
 FIGURES = ("miou_vs_labels.png", "class_iou.png", "training_curves.png")
 
 
@@ -115,8 +115,10 @@ def markdown_table(summary: pd.DataFrame, cfg: Config) -> str:
     methods = [m for m in METHODS if m in wide.columns] + [m for m in wide.columns if m not in METHODS]
     wide = wide[methods]
     means = summary.pivot(index="split", columns="method", values="mean")
-    if {"supervised", "ddfp"} <= set(means.columns):
-        wide[GAIN] = (means["ddfp"] - means["supervised"]).map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    if BASELINE in means.columns:
+        for method in (m for m in methods if m != BASELINE):
+            gain = means[method] - means[BASELINE]
+            wide[f"{method} - {BASELINE}"] = gain.map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
     for name, values in PAPER.get(cfg.data.dataset, {}).items():
         wide[name] = [f"{values[s]:.2f}" if s in values else "" for s in wide.index]
     wide = wide.loc[sorted(wide.index, key=lambda s: labels_of(s, cfg.data.splits))]

@@ -151,11 +151,13 @@ def trial_config(cfg: Config, values: dict[str, Any]) -> Config:
 
 
 def final_miou(cfg: Config, summary: FitSummary) -> float:
+    from ddfp.methods import reported_model  # torch: only where a trial has trained
+
     if not summary.evaluations:
         raise ValueError("the sweep's schedule ends before any evaluation (check sweep.overrides)")
     row = summary.evaluations[-1]
     evaluated = {k.removeprefix("val_miou_") for k in row if k.startswith("val_miou_")}
-    return float(row[f"val_miou_{cfg.reported_model(evaluated)}"])
+    return float(row[f"val_miou_{reported_model(cfg, evaluated)}"])
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ddfp.methods import reported_model
 from pipeline.errors import DataError
 from pipeline.files import atomic_write, write_json_atomic
 from pipeline.params import Config, stored_config
@@ -31,7 +32,7 @@ def inference_state(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[s
     if not state.get("done"):
         raise DataError(f"{run_dir / 'last.pt'}: training has not finished (resume it with `ddfp train`)")
     trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
-    name = trained.reported_model()
+    name = reported_model(trained)
     return {"config": state["config"], "model": name, "weights": state[name], "epoch": state["epoch"],
             "iteration": state["iteration"], "history": state["history"], "evals": state["evals"],
             "run_id": state.get("run_id"), "run_dir": str(run_dir)}

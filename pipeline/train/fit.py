@@ -1,4 +1,4 @@
-"""fit(): the explicit training loop around ddfp.step.train_step.
+"""fit(): the explicit training loop around ddfp.methods.train_step.
 
 It owns where the run stands (a Progress: epoch, iteration, skipped updates) and drives a Trainer
 (pipeline.train.trainer: data, learner, checkpoints) through its epochs, with tracking, the evaluation
@@ -17,7 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from ddfp.schedule import flow_lr
-from ddfp.step import Phase
+from ddfp.methods import phase_at, reported_model
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.tracking.identity import RunInfo, dvc_hashes, project_dir
@@ -59,7 +59,7 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, rate: Rate
                  stop: StopFlag | None) -> None:
     """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
     cfg = tr.cfg
-    phase = Phase.at_epoch(p.epoch, cfg)
+    phase = phase_at(p.epoch, cfg)
     for group in tr.learner.opt_flow.param_groups:
         group["lr"] = flow_lr(cfg, p.epoch)
     tr.loaders.set_epoch(p.epoch, p.iter_in_epoch)
@@ -92,12 +92,12 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, rate: Rate
 def _evaluate(tr: Trainer, p: Progress, on_eval: OnEval | None, stop: StopFlag | None) -> None:
     """Evaluate the completed epoch and save. A stop request during the evaluation saves the epoch's
     end without it and raises Interrupted: the resumed run evaluates first (_evaluation_due)."""
-    res = tr.evaluate(Phase.at_epoch(p.epoch - 1, tr.cfg), p, stop)
+    res = tr.evaluate(phase_at(p.epoch - 1, tr.cfg), p, stop)
     tr.save(p)  # before the hook: a sweep's pruner may stop the run here
     if res is None:
         raise Interrupted(f"stopped during the evaluation of epoch {p.epoch} on request")
     if on_eval is not None:
-        on_eval(p.epoch, res[tr.cfg.reported_model(res)]["miou"])
+        on_eval(p.epoch, res[reported_model(tr.cfg, res)]["miou"])
 
 
 def write_config_artifact(cfg: Config, tracker: Tracker) -> None:

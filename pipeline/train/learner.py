@@ -1,5 +1,5 @@
 """The learning part of a training run: the models, AMP, the two optimisers and their schedules, the
-teacher update and one training iteration around ddfp.step.train_step.
+teacher update and one training iteration around ddfp.methods.train_step.
 
 It knows no data, files or counters: pipeline.train.trainer.Trainer feeds it a split's batches and the
 loop's iteration number; the step benchmark (pipeline.evidence.bench) feeds it random batches.
@@ -20,7 +20,8 @@ from torch.profiler import record_function
 from ddfp.flow.density import DensityEstimator
 from ddfp.model.deeplab import build_model
 from ddfp.schedule import poly_lr
-from ddfp.step import Batch, Models, Phase, StepOutput, train_step
+from ddfp.methods import train_step
+from ddfp.step import Batch, Models, Phase, StepOutput
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline.params import Config
 from pipeline.train import distributed
@@ -117,7 +118,7 @@ class Learner:
         for group in self.opt_seg.param_groups:
             group["lr"] = poly_lr(group["base_lr"], iteration, self.total_iters, t.poly_power)
         self.models.student.train()
-        if phase.semi and iteration == self.first_semi_iter:
+        if phase.semi and phase.ema_teacher and iteration == self.first_semi_iter:
             # Before the snapshot: a skipped first step keeps the handed-off teacher.
             hand_off(self.models.teacher, self.models.student)
         buffers = self._forward_buffers()
@@ -157,7 +158,7 @@ class Learner:
         if seg_ok:
             self.scaler.step(self.opt_seg)
             self.scaler.update()
-            if phase.semi:
+            if phase.semi and phase.ema_teacher:
                 decay = ema_decay(iteration, self.first_semi_iter, self.cfg.teacher.ema_decay)
                 update_teacher(self.models.teacher, self.models.student, decay, self.cfg.teacher.mode)
         else:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from ddfp.data.dataset import SegDataset
 from ddfp.data.sampling import EpochSampler
+from ddfp.methods import method_spec
 from pipeline.params import Config
 from pipeline.train.distributed import shard
 
@@ -58,7 +59,8 @@ def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, 
     lines_u = read_split_file(split_dir / "unlabeled.txt")
     d, t = cfg.data, cfg.train
     ds_l = SegDataset(data_root, lines_l, "labeled", d.crop_size, d.scale_range, num_classes)
-    ds_u = SegDataset(data_root, lines_u, "unlabeled", d.crop_size, d.scale_range, num_classes)
+    ds_u = SegDataset(data_root, lines_u, "unlabeled", d.crop_size, d.scale_range, num_classes,
+                      method_spec(cfg).strong_views)
     # The authors' epoch makes a split with more labels (fewer unlabelled images) train fewer
     # iterations; a fixed budget keeps the label axis of a comparison free of that confound.
     length = t.iters_per_epoch * t.batch_size * world_size if t.iters_per_epoch else len(lines_u)

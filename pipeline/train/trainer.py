@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from ddfp.methods import reported_model
 from ddfp.step import Batch, Phase
 from pipeline.files import write_json_atomic
 from pipeline.params import Config, stored_config
@@ -170,8 +171,7 @@ class Trainer:
 
     # ---- data, logging and evaluation --------------------------------------------------------
     def to_batch(self, bl: dict, bu: dict) -> Batch:
-        to, img = (lambda x: x.to(self.device, non_blocking=True)), self.learner.images  # noqa: E731
-        return Batch(img(bl["img"]), to(bl["mask"]), img(bu["img_w"]), img(bu["img_s"]), to(bu["ignore"]))
+        return Batch.from_samples(bl, bu, self.learner.images, lambda x: x.to(self.device, non_blocking=True))
 
     def log(self, logs: dict[str, torch.Tensor], progress: Progress, bar: tqdm | PlainProgress) -> None:
         row = {k: round(float(v), 6) for k, v in logs.items()}
@@ -198,7 +198,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         last = self.evals[-1] if self.evals else {}
-        model = self.cfg.reported_model([k.removeprefix("val_miou_") for k in last if k.startswith("val_miou_")])
+        model = reported_model(self.cfg, [k.removeprefix("val_miou_") for k in last if k.startswith("val_miou_")])
         write_json_atomic({"split": self.paths.split_dir.name, "method": self.cfg.train.method,
                            "seed": self.cfg.train.seed, "iteration": progress.iteration, "total": self.max_iters,
                            "epoch": progress.epoch, "loss": self.history[-1].get("loss") if self.history else None,
@@ -212,7 +212,7 @@ class Trainer:
         """Validate after an epoch of `phase`: the student, and the teacher once that phase trains it.
         None, with nothing recorded, when `stop` was set during it."""
         models = {"student": self.learner.models.student}
-        if phase.semi:
+        if phase.semi and phase.ema_teacher:
             models["teacher"] = self.learner.models.teacher
         for model in models.values():
             distributed.broadcast_buffers(model, self.dist)  # every val shard sees rank 0's BN statistics

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ddfp.perturb import density_descending_delta, pixels_last
-from ddfp.step import Phase, train_step
+from ddfp.methods import phase_at, train_step
+from ddfp.step import Phase
 from pipeline import params
 from tests.helpers.models import make_batch, make_models
 
@@ -63,7 +64,7 @@ def test_at_zero_eps_the_direction_changes_no_loss(smoke_cfg):
     # routing and loss weights, whatever direction would have been taken.
     cfg = params.replace(smoke_cfg, {"perturb.eps": 0.0, "train.conf_thresh": 0.0, "model.dropout": 0.0})
     models, batch = make_models(cfg), make_batch(cfg)
-    ddfp = Phase(semi=True, fit_flow=True, perturb=True)
+    ddfp = phase_at(cfg.train.perturb_start_epoch, cfg)
     outs = {}
     for direction in ("density", "random"):
         torch.manual_seed(0)

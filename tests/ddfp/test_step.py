@@ -5,23 +5,29 @@ from ddfp.data.spec import IGNORE_INDEX
 from ddfp.flow.prior import UNLABELLED
 from ddfp.losses import downsample_labels
 from ddfp.perturb import pixels_last
-from ddfp.step import Phase, train_step
+from ddfp.methods import phase_at, train_step
+from ddfp.step import Phase
 from pipeline import params
 from pipeline.train.learner import Learner
 from tests.helpers.models import make_batch, make_models
 
-DDFP = Phase(semi=True, fit_flow=True, perturb=True)
-WARMUP = Phase(semi=True, fit_flow=True, perturb=False)  # the flow's warm-up epoch: no perturbation
+DDFP = Phase(semi=True, fit_flow=True, perturb=True, aux_bn=True, ema_teacher=True)
+WARMUP = Phase(semi=True, fit_flow=True, perturb=False, aux_bn=True, ema_teacher=True)  # the flow's warm-up: no perturbation
+SUP_EPOCH = Phase(semi=False, aux_bn=True, ema_teacher=True)  # DDFP's supervised epoch (the aux BN warms up)
+MT = Phase(semi=True, ema_teacher=True)
 
 
 def test_phases_follow_method_and_epoch(smoke_cfg):
-    assert Phase.at_epoch(0, smoke_cfg) == Phase(False, False, False)
-    assert Phase.at_epoch(1, smoke_cfg) == Phase(True, True, False)
-    assert Phase.at_epoch(2, smoke_cfg) == DDFP
+    assert phase_at(0, smoke_cfg) == SUP_EPOCH
+    assert phase_at(1, smoke_cfg) == WARMUP
+    assert phase_at(2, smoke_cfg) == DDFP
     mt = params.replace(smoke_cfg, {"train.method": "mean_teacher"})
-    assert Phase.at_epoch(5, mt) == Phase(True, False, False)
+    assert phase_at(5, mt) == MT
     sup = params.replace(smoke_cfg, {"train.method": "supervised"})
-    assert Phase.at_epoch(5, sup) == Phase(False, False, False)
+    assert phase_at(5, sup) == Phase(False)
+    for method in ("fixmatch", "unimatch"):  # no teacher, no aux BN, no flow: the network pseudo-labels itself
+        own = params.replace(smoke_cfg, {"train.method": method})
+        assert phase_at(0, own) == Phase(False) and phase_at(5, own) == Phase(True)
 
 
 def test_full_step_returns_losses_and_diagnostics(smoke_cfg):
@@ -270,13 +276,14 @@ def test_the_shared_first_conv_step_equals_the_straightforward_one(smoke_cfg, ma
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("phase", [Phase(False, False, False), Phase(True, False, False), WARMUP, DDFP])
+@pytest.mark.parametrize("method,phase", [("ddfp", SUP_EPOCH), ("mean_teacher", MT), ("ddfp", WARMUP), ("ddfp", DDFP),
+                                          ("fixmatch", Phase(True)), ("unimatch", Phase(True))])
 @pytest.mark.parametrize("diagnostics", [False, True])
-def test_the_step_reads_nothing_back_to_the_host(smoke_cfg, phase, diagnostics):
+def test_the_step_reads_nothing_back_to_the_host(smoke_cfg, method, phase, diagnostics):
     # A value read back (item, bool, nonzero, mask indexing) makes a GPU wait for the queued work.
     from tests.helpers.host_reads import HostReads
 
-    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.5, "train.cutmix_prob": 1.0})
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.5, "train.cutmix_prob": 1.0, "train.method": method})
     models, batch = make_models(cfg), make_batch(cfg)
     nets = (models.student, models.teacher, models.flow)
     watched = [t for m in nets for t in (*m.parameters(), *m.buffers())] + list(vars(batch).values())
@@ -299,8 +306,10 @@ def test_the_step_never_waits_for_the_gpu(smoke_cfg, diagnostics):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for phase in (Phase(False, False, False), Phase(True, False, False), WARMUP, DDFP):
+        for phase in (SUP_EPOCH, MT, WARMUP, DDFP):
             train_step(models, batch, phase, cfg, diagnostics=diagnostics)
+        for method in ("fixmatch", "unimatch"):
+            train_step(models, batch, Phase(True), params.replace(cfg, {"train.method": method}), diagnostics)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

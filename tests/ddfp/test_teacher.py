@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from ddfp.methods import phase_at
 from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline import params
@@ -75,7 +76,7 @@ def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
     tr = Learner(cfg, torch.device("cpu"), cfg.train.max_iters)
     t0 = cfg.train.sup_only_epochs * tr.iters_per_epoch
     for it in range(t0):
-        tr.run_iteration(make_batch(cfg, seed=it), Phase.at_epoch(0, cfg), it, diagnostics=False)
+        tr.run_iteration(make_batch(cfg, seed=it), phase_at(0, cfg), it, diagnostics=False)
     seen = {}
 
     def compare(module, args):
@@ -83,5 +84,5 @@ def test_first_semi_iteration_pseudo_labels_with_the_trained_student(smoke_cfg):
         seen["differs"] = [k for k, v in module.state_dict().items() if not torch.equal(v, student[k])]
 
     tr.models.teacher.register_forward_pre_hook(compare)
-    tr.run_iteration(make_batch(cfg, seed=t0), Phase.at_epoch(cfg.train.sup_only_epochs, cfg), t0, diagnostics=False)
+    tr.run_iteration(make_batch(cfg, seed=t0), phase_at(cfg.train.sup_only_epochs, cfg), t0, diagnostics=False)
     assert seen["differs"] == []

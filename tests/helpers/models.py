@@ -23,4 +23,5 @@ def make_batch(cfg, seed: int = 0) -> Batch:
     ignore = torch.zeros(b, s, s, dtype=torch.long)
     ignore[:, -4:] = 255
     return Batch(torch.randn(b, 3, s, s, generator=gen), torch.randint(0, n, (b, s, s), generator=gen),
-                 torch.randn(b, 3, s, s, generator=gen), torch.randn(b, 3, s, s, generator=gen), ignore)
+                 torch.randn(b, 3, s, s, generator=gen), torch.randn(b, 3, s, s, generator=gen), ignore,
+                 torch.randn(b, 3, s, s, generator=gen))

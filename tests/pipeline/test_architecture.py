@@ -78,3 +78,37 @@ def test_project_imports_form_no_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+def method_name_comparisons(path: Path, names: set[str]) -> list[str]:
+    """Comparisons that test a method by its name: `x == "ddfp"`, `m in ("supervised", ...)`,
+    `{"supervised", "ddfp"} <= ...`, or anything compared with a `.method` attribute."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        named = any(isinstance(c, ast.Constant) and c.value in names
+                    for side in sides for c in ast.walk(side))
+        by_method = any(isinstance(s, ast.Attribute) and s.attr == "method" for side in sides for s in ast.walk(side))
+        if named or by_method:
+            hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return hits
+
+
+def test_no_code_tests_a_method_by_its_name_outside_the_method_table():
+    # What a method uses is its row in ddfp.methods.METHODS; a name test elsewhere is a seam that a
+    # new method would have to find and edit.
+    from ddfp.methods import METHODS
+
+    hits = [h for p in SOURCES if p != ROOT / "ddfp" / "methods.py" for h in method_name_comparisons(p, set(METHODS))]
+    assert hits == []
+
+
+def test_the_method_name_check_finds_a_name_test(tmp_path):
+    probe = ROOT / "ddfp" / "_probe_for_the_name_check.py"
+    try:
+        probe.write_text('def f(cfg):\n    return cfg.train.method == "x" or cfg in ("ddfp", "y")\n')
+        assert len(method_name_comparisons(probe, {"ddfp"})) == 2
+    finally:
+        probe.unlink()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ddfp.schedule import flow_lr, poly_lr
+from ddfp.methods import phase_at
 from ddfp.step import Phase
 from pipeline.evidence.bench import random_batch
 from pipeline.train.fit import FitSummary, Interrupted, fit
@@ -95,7 +96,7 @@ def test_the_learner_takes_its_place_in_the_schedule_from_the_loop():
     cfg = tiny_cfg(**{"train.max_iters": 10})
     learner = Learner(cfg, torch.device("cpu"), iters_per_epoch=10)
     batch = random_batch(cfg, cfg.spec.num_classes, torch.device("cpu"), torch.Generator().manual_seed(0))
-    step = learner.run_iteration(batch, Phase.at_epoch(0, cfg), 7, diagnostics=False)
+    step = learner.run_iteration(batch, phase_at(0, cfg), 7, diagnostics=False)
     group = learner.opt_seg.param_groups[0]
     assert group["lr"] == poly_lr(group["base_lr"], 7, learner.total_iters, cfg.train.poly_power)
     assert not step.seg_skipped and torch.isfinite(step.logs["loss"])
