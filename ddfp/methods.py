@@ -53,9 +53,9 @@ METHODS: dict[str, MethodSpec] = {
     "supervised": MethodSpec("none", 1, "none", False, False, None, "labelled images only"),
     "mean_teacher": MethodSpec("ema_teacher", 1, "none", False, False, semi_step,
                                "DDFP's step without flow and perturbation"),
-    "fixmatch": MethodSpec("self", 1, "none", False, False, partial(weak_strong_step, weights=FIXMATCH),
+    "fixmatch": MethodSpec("self", FIXMATCH.views, "none", False, False, partial(weak_strong_step, weights=FIXMATCH),
                            "LiheYoung/UniMatch fixmatch.py"),
-    "unimatch": MethodSpec("self", 2, "backbone_dropout", False, False, partial(weak_strong_step, weights=UNIMATCH),
+    "unimatch": MethodSpec("self", UNIMATCH.views, "backbone_dropout", False, False, partial(weak_strong_step, weights=UNIMATCH),
                            "LiheYoung/UniMatch unimatch.py"),
     "ddfp": MethodSpec("ema_teacher", 1, "offset", True, True, semi_step, "Gavinwxy/DDFP"),
 }

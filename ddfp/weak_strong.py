@@ -30,14 +30,16 @@ from ddfp.step import Batch, Models, Phase, StepOutput
 
 @dataclass(frozen=True)
 class WeakToStrong:
-    """A weak-to-strong method's released loss weights: (L_x + strong * mean_k L_s_k + fp * L_fp) / 2."""
+    """A weak-to-strong method's strong views and released loss weights:
+    (L_x + strong * mean_k L_s_k + fp * L_fp) / 2."""
 
+    views: int  # strong views of each unlabelled image
     strong: float
     fp: float  # 0: no feature-perturbation branch
 
 
-FIXMATCH = WeakToStrong(strong=1.0, fp=0.0)
-UNIMATCH = WeakToStrong(strong=0.5, fp=0.5)  # 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp, then / 2
+FIXMATCH = WeakToStrong(views=1, strong=1.0, fp=0.0)
+UNIMATCH = WeakToStrong(views=2, strong=0.5, fp=0.5)  # 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp, then / 2
 
 
 @dataclass
@@ -87,7 +89,7 @@ def weak_strong_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConf
     with record_function("ddfp.teacher"):
         mix = mixing_targets(student, batch)
         strong, boxes = [], []
-        for view in batch.strong:
+        for view in batch.strong[: weights.views]:
             inside = box_masks(unimatch_boxes(b, view.shape[-1], generator=None), *view.shape[-2:], view.device)
             strong.append(paste_from_next(view, inside))
             boxes.append(inside)

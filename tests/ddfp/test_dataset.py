@@ -127,3 +127,19 @@ def test_a_file_that_does_not_decode_is_named(root: Path, broken: str) -> None:
     for mode in ("labeled", "val"):
         with pytest.raises(SampleReadError, match=re.escape(str(bad))):
             _dataset(root, mode, lines=lines)[0]
+
+
+def test_two_strong_views_share_the_weak_geometry_and_differ_in_colour(root: Path) -> None:
+    # UniMatch's two strong views: one crop/flip for all views of an image, colour drawn per view.
+    ds = SegDataset(root, _lines(False), "unlabeled", 32, (0.75, 1.5), NUM_CLASSES, strong_views=2)
+    samples = [ds[(i, 7)] for i in range(3)]
+    assert all(set(s) == {"img_w", "img_s", "img_s2", "ignore"} for s in samples)
+    assert any(not torch.equal(s["img_s"], s["img_s2"]) for s in samples)  # independent colour draws
+    ds._strong = lambda image: image  # no colour ops: what is left is the geometry, shared with the weak view
+    for i in range(3):
+        s = ds[(i, 7)]
+        assert torch.equal(s["img_w"], s["img_s"]) and torch.equal(s["img_w"], s["img_s2"])
+    one = SegDataset(root, _lines(False), "unlabeled", 32, (0.75, 1.5), NUM_CLASSES)
+    two = SegDataset(root, _lines(False), "unlabeled", 32, (0.75, 1.5), NUM_CLASSES, strong_views=2)
+    # The first strong view is drawn as before: a second view only appends draws.
+    assert torch.equal(one[(0, 3)]["img_s"], two[(0, 3)]["img_s"])

@@ -97,3 +97,40 @@ def test_density_descending_beats_random_directions(smoke_cfg):
         r = torch.randn(v.shape, generator=gen)
         randoms.append(nll(2.0 * r / r.norm(dim=1, keepdim=True)))
     assert ours > base and ours > max(randoms)
+
+
+def test_the_dropout_direction_is_unimatch_feature_dropout_under_the_mask(smoke_cfg):
+    student, flow, v = fitted(smoke_cfg)
+    confident = torch.zeros(v.shape[0], *v.shape[-2:], dtype=torch.bool)
+    confident[:, :3] = True
+    delta = density_descending_delta(student, flow, v, confident, 4.0, "confident", "dropout").delta
+    assert torch.all(delta[:, :, ~confident[0]] == 0)
+    # Per image and channel: dropped (delta = -V) or kept and doubled (delta = +V), half of them each.
+    moved = delta.permute(0, 2, 3, 1)[confident]  # pixels x C
+    v_c = v.permute(0, 2, 3, 1)[confident]
+    assert torch.all(torch.isclose(moved, v_c) | torch.isclose(moved, -v_c))
+    d, v_top = delta[:, :, :3], v[:, :, :3]  # the confident rows
+    dropped, kept = torch.isclose(d, -v_top).all(dim=(2, 3)), torch.isclose(d, v_top).all(dim=(2, 3))
+    assert bool((dropped | kept).all())  # whole channels: Dropout2d, not per-pixel dropout
+    live = v_top.abs().amax(dim=(2, 3)) > 0  # an all-zero channel is both
+    assert 0.35 < float(dropped[live].float().mean()) < 0.65
+
+
+def test_the_dropout_control_changes_only_the_perturbed_rows(smoke_cfg):
+    # Network, BN routing and loss weights stay DDFP's: the clean rows' losses are the same to the bit,
+    # the perturbed rows' loss differs, and the total is the same weighting of the three.
+    cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
+    models, batch = make_models(cfg), make_batch(cfg)
+    ddfp = phase_at(cfg.train.perturb_start_epoch, cfg)
+    outs = {}
+    for direction in ("density", "dropout"):
+        torch.manual_seed(0)
+        outs[direction] = train_step(models, batch, ddfp, params.replace(cfg, {"perturb.direction": direction}))
+    a, b = outs["density"].logs, outs["dropout"].logs
+    assert torch.equal(a["loss_sup"], b["loss_sup"]) and torch.equal(a["loss_unsup"], b["loss_unsup"])
+    assert not torch.equal(a["loss_perturb"], b["loss_perturb"])
+    w = cfg.loss
+    for out, logs in ((outs["density"], a), (outs["dropout"], b)):
+        expected = w.sup * logs["loss_sup"] + w.unsup * logs["loss_unsup"] + w.perturb * logs["loss_perturb"]
+        torch.testing.assert_close(out.seg_loss.detach(), expected)
+    assert ddfp.aux_bn and ddfp.perturb  # the perturbed rows go through the aux BN, as DDFP's do
