@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,7 @@ from ddfp.losses import downsample_labels
 from ddfp.perturb import density_descending_delta
 from ddfp.methods import phase_at, train_step
 from ddfp.step import Batch, Phase, flow_step
+from pipeline.evidence.arms import ARMS
 from pipeline.evidence.profile_step import profile_steps
 from pipeline.params import Config, load, replace
 from pipeline.train.distributed import SINGLE
@@ -44,19 +46,13 @@ GPU16 = {**GPU, "train.batch_size": 16}
 SETTINGS = {"demo": {}, "paper": PAPER, "gpu": GPU, "gpu16": GPU16}
 # Pascal's train_aug has 10,582 images; at 92 labels the other 10,490 are the unlabelled epoch.
 PASCAL_UNLABELLED_AT_92 = 10_582 - 92
-# The timed variants: name -> (train.method, overrides), each in its method's last phase; ddfp_flow_only
-# is DDFP's flow warm-up epoch (flow fitted, no perturbation).
+# The timed variants: name -> (train.method, overrides), each in its method's last phase: every arm of
+# the ablation but two that time as others do (all_labels trains as supervised, eps 0 as DDFP), and
+# ddfp_flow_only, DDFP's flow warm-up epoch (flow fitted, no perturbation).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "supervised": ("supervised", {}),
-    "mean_teacher": ("mean_teacher", {}),
-    "fixmatch": ("fixmatch", {}),
-    "unimatch": ("unimatch", {}),
+    **{arm: spec for arm, spec in ARMS.items() if arm not in ("all_labels", "ddfp_eps0")},
     "ddfp_flow_only": ("ddfp", {}),
-    "ddfp": ("ddfp", {}),
-    "ddfp_random": ("ddfp", {"perturb.direction": "random"}),
-    "ddfp_dropout": ("ddfp", {"perturb.direction": "dropout"}),
 }
-
 REFERENCE = "mean_teacher"  # every variant's time is also given as a ratio to this one's
 
 
@@ -64,6 +60,7 @@ REFERENCE = "mean_teacher"  # every variant's time is also given as a ratio to t
 class Variant:
     cfg: Config
     phase: Phase
+    momentum: dict = field(default_factory=lambda: defaultdict(dict))  # its own SGD state
 
 
 def variants(cfg: Config) -> dict[str, Variant]:
@@ -76,9 +73,11 @@ def variants(cfg: Config) -> dict[str, Variant]:
 
 
 def run_variant(tr: Learner, variant: Variant, batch: Batch, diagnostics: bool = False) -> Any:
-    # One learner serves every variant: the models and optimisers are the same for every method, and
-    # only the step (chosen by the config's train.method) differs.
-    tr.cfg = variant.cfg
+    # One learner serves every variant: the models are the same for every method and only the step
+    # (chosen by the config's train.method) differs. Each keeps its own SGD momentum, as its run would:
+    # methods differ in which parameters get gradients (the aux BN), and the fused SGD needs every
+    # stepped parameter's momentum buffer to exist or none.
+    tr.cfg, tr.opt_seg.state = variant.cfg, variant.momentum
     return tr.run_iteration(batch, variant.phase, 0, diagnostics=diagnostics)
 
 

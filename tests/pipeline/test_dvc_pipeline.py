@@ -19,21 +19,35 @@ import yaml
 from ddfp import config
 from pipeline import params
 from pipeline.stages.inputs import resolve_inputs
-from tests.helpers.project import ROOT, ran_stages, run
+from tests.helpers.project import ROOT, ran_stages, run, smoke_project
 
 slow = pytest.mark.slow
 
 
-# The smoke profile's splits x the default methods: one train and one evaluate stage each.
+# The smoke profile's splits x every method beside DDFP but mean teacher (DDFP's step without its
+# parts): one train and one evaluate stage each.
+SMOKE_METHODS = ("supervised", "fixmatch", "unimatch", "ddfp")
 MATRIX = {f"{stage}@{split}-{method}" for stage in ("train", "evaluate") for split in ("8", "16")
-          for method in ("supervised", "ddfp")}
+          for method in SMOKE_METHODS}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The smoke project (32 px crops) with SMOKE_METHODS as its method axis."""
+    dest = tmp_path_factory.mktemp("project")
+
+    def edit(values: dict) -> None:
+        values["data"].update(crop_size=32)
+        values["methods"] = list(SMOKE_METHODS)
+
+    return dest, smoke_project(dest, edit)
 DATA_STAGES = {"download", "splits", "weights"}
 
 
 def test_methods_default_to_the_baseline_and_ddfp_and_are_distinct():
     assert params.load(profile="demo").methods == ["supervised", "ddfp"]
     smoke = params.load(profile="smoke")
-    for bad in ([], ["ddfp", "supervised", "ddfp"], ["fixmatch"]):
+    for bad in ([], ["ddfp", "supervised", "ddfp"], ["cps"]):
         with pytest.raises(config.ConfigError, match=r"^invalid configuration:\n  methods"):
             params.replace(smoke, {"methods": bad})
 
@@ -56,24 +70,25 @@ def test_repro_runs_all_then_nothing_then_only_what_eps_touches(project):
     assert ran_stages(first) == DATA_STAGES | MATRIX | {"report"}
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], dest, env).stdout)
     shown = json.dumps(metrics)
-    assert all(f"metrics/{s}/{m}.json" in shown for s in ("8", "16") for m in ("supervised", "ddfp")), shown
+    assert all(f"metrics/{s}/{m}.json" in shown for s in ("8", "16") for m in SMOKE_METHODS), shown
     for split in ("8", "16"):
-        for method in ("supervised", "ddfp"):
+        for method in SMOKE_METHODS:
             assert json.loads((dest / "metrics" / split / f"{method}.json").read_text())["method"] == method
     report = (dest / "reports" / "results.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| labels"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["labels", "supervised", "ddfp", "ddfp - supervised"]
+    gains = [f"{m} - supervised" for m in SMOKE_METHODS[1:]]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["labels", *SMOKE_METHODS, *gains]
     assert re.search(r"^\|\s*8\s*\|", report, re.M) and re.search(r"^\|\s*16\s*\|", report, re.M)
     second = run(["dvc", "repro"], dest, env).stdout
     assert ran_stages(second) == set()
     assert_lean_cache(dest, env)
-    # Every plot renders; the top-level ones overlay every run (4) and every method (2).
+    # Every plot renders; the top-level ones overlay every run (8) and every method (4).
     plots = json.loads(run(["dvc", "plots", "show", "--json"], dest, env).stdout)
     assert not plots.get("errors"), plots["errors"]
     series = {name: {r["series"] for r in plots["data"][name][0]["content"]["data"]["values"]}
               for name in ("val_miou_vs_iteration", "miou_vs_labels")}
-    assert series == {"val_miou_vs_iteration": {f"{m} / {s}" for m in ("supervised", "ddfp") for s in ("8", "16")},
-                      "miou_vs_labels": {"supervised", "ddfp"}}, series
+    assert series == {"val_miou_vs_iteration": {f"{m} / {s}" for m in SMOKE_METHODS for s in ("8", "16")},
+                      "miou_vs_labels": set(SMOKE_METHODS)}, series
     values = (dest / "params.yaml").read_text()
     (dest / "params.yaml").write_text(values.replace("eps: 4.0", "eps: 2.0"))
     status = json.loads(run(["dvc", "status", "--json"], dest, env).stdout)
@@ -112,7 +127,7 @@ def assert_lean_cache(dest: Path, env: dict[str, str]) -> None:
     """DVC's cache holds each run's exported model, never its resume state; the curves are git-tracked."""
     cached = {p.parent.name + p.name for p in (dest / ".dvc" / "cache" / "files" / "md5").rglob("*") if p.is_file()}
     for split in ("8", "16"):
-        for method in ("supervised", "ddfp"):
+        for method in SMOKE_METHODS:
             model, resume = dest / "models" / split / method / "model.pt", dest / "runs" / split / method / "last.pt"
             assert model.is_file() and resume.is_file()
             assert 3 * model.stat().st_size < resume.stat().st_size  # ddfp: no student, flow or optimisers
@@ -154,7 +169,7 @@ def test_a_code_edit_marks_exactly_the_stages_that_run_that_code(project):
     assert changed_stages(dest, env) == set()
     with appended(dest / "ddfp" / "inference.py", "# a comment\n"):  # trains and evaluates
         assert changed_stages(dest, env) == METHOD_STAGES
-    with appended(dest / "ddfp" / "step.py", "# a comment\n"):  # only trains (evaluate follows its checkpoint)
+    with appended(dest / "ddfp" / "teacher.py", "# a comment\n"):  # only trains (evaluate follows its checkpoint)
         assert changed_stages(dest, env) == {s for s in METHOD_STAGES if s.startswith("train@")}
     with appended(dest / "pipeline" / "stages" / "report.py", "# a comment\n"):
         assert changed_stages(dest, env) == {"report"}

@@ -39,10 +39,10 @@ def smoke(**overrides):
 def test_plan_is_every_arm_at_the_smallest_split_and_the_main_methods_on_the_curve():
     cells = plan(["16", "8"], list(ARMS), [0, 1, 2, 3, 4], [0, 1, 2])
     at8 = [c for c in cells if c.split == "8"]
-    assert {(c.arm, c.seed) for c in at8} == {(a, s) for a in ARMS for s in range(5)} and len(at8) == 30
+    assert {(c.arm, c.seed) for c in at8} == {(a, s) for a in ARMS for s in range(5)} and len(at8) == 9 * 5
     assert {(c.arm, c.seed) for c in cells if c.split == "16"} == {
-        (a, s) for a in ("supervised", "mean_teacher", "ddfp") for s in range(3)}
-    assert cells[:6] == [Cell(a, "8", 0) for a in ARMS]  # seed by seed: an interrupted run leaves whole pairs
+        (a, s) for a in ("supervised", "mean_teacher", "fixmatch", "unimatch", "ddfp") for s in range(3)}
+    assert cells[:9] == [Cell(a, "8", 0) for a in ARMS]  # seed by seed: an interrupted run leaves whole pairs
 
 
 def test_each_arm_changes_only_its_own_values():
@@ -50,10 +50,12 @@ def test_each_arm_changes_only_its_own_values():
     flat = {arm: arm_config(cfg, Cell(arm, "8", 3)).flat() for arm in ARMS}
     assert flat["ddfp_eps0"]["perturb.eps"] == 0.0 and flat["ddfp_eps0"]["train.method"] == "ddfp"
     assert flat["ddfp_random"]["perturb.direction"] == "random"
+    assert flat["ddfp_dropout"]["perturb.direction"] == "dropout"
+    assert {flat[m]["train.method"] for m in ("fixmatch", "unimatch")} == {"fixmatch", "unimatch"}
     assert flat["all_labels"]["train.method"] == "supervised"
     assert all(f["train.seed"] == 3 for f in flat.values())
     base = flat["ddfp"]
-    for arm in ("ddfp_eps0", "ddfp_random"):
+    for arm in ("ddfp_eps0", "ddfp_random", "ddfp_dropout"):
         assert {k for k in base if base[k] != flat[arm][k]} == ({"perturb.eps"} if arm == "ddfp_eps0"
                                                                 else {"perturb.direction"})
 
@@ -148,7 +150,7 @@ def test_existing_records_are_used_and_other_code_is_named(tmp_path):
     result = run_ablation(cfg, tmp_path / "absent", tmp_path / "absent", None, tmp_path / "work", out, [0, 1],
                           list(ARMS), curve_seeds=[0], progress=False)
     assert result["miou"]["ddfp"]["8"] == {"0": 30.0, "1": 31.0}
-    assert "3 of 15 records come from other code (00000000)" in result["provenance"]
+    assert "3 of 23 records come from other code (00000000)" in result["provenance"]
     text = (out / "ablation.md").read_text()
     assert result["provenance"] in text
     assert re.search(r"\| DDFP - supervised +\| 2 +\| \+10\.00 ", text) and "all_labels" in text
@@ -200,7 +202,7 @@ def test_records_left_uncommitted_by_an_earlier_run_are_committed(tmp_path):
     run_ablation(cfg, tmp_path, tmp_path, None, tmp_path / "work", repo / "reports", [0, 1], list(ARMS),
                  curve_seeds=[0], progress=False, commit=True)
     assert _git(repo, "log", "--format=%s").strip() == "ablation: records"
-    assert len(_git(repo, "show", "--name-only", "--format=").split()) == 15
+    assert len(_git(repo, "show", "--name-only", "--format=").split()) == 23
     assert not _git(repo, "status", "--porcelain", "reports/ablation_runs").strip()
 
 
@@ -214,7 +216,7 @@ def test_commit_outside_a_git_work_tree_is_refused_before_training(tmp_path):
 
 def test_unknown_arm_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--arms: unknown"):
-        run_ablation(smoke(), tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp", "fixmatch"])
+        run_ablation(smoke(), tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp", "cps"])
 
 
 @pytest.mark.slow
@@ -250,4 +252,4 @@ def test_cli_reads_the_records_and_names_other_code(tmp_path):
                           "--splits-dir", empty, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "reports"),
                           "--seeds", "0,1", "--curve-seeds", "0"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "1 of 15 records come from other code (00000000)" in run.stdout
+    assert "1 of 23 records come from other code (00000000)" in run.stdout
