@@ -100,9 +100,8 @@ def check_study(tmp_path, url, trials=4, study="t"):
 def test_two_workers_sqlite_prune_and_continue(data, tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     t0 = time.time()
-    # At smoke scale no pseudo-label passes the threshold within 5 iterations, so eps and the
-    # threshold leave the score unchanged: the learning rate joins the space to give the pruner
-    # different curves (every evaluation, the supervised first one included, then depends on it).
+    # eps and the threshold act only from the second epoch on: the learning rate joins the space to
+    # give the pruner different curves from the first (supervised) evaluation on.
     space = ("{perturb.eps: {low: 0.5, high: 16.0, log: true}, train.conf_thresh: {low: 0.5, high: 0.99}, "
              "train.lr: {low: 1.0e-5, high: 0.1, log: true}}")
     sets = {"sweep.pruner_warmup_steps": 0, "sweep.sampler": "random", "sweep.params": space}
@@ -117,6 +116,30 @@ def test_two_workers_sqlite_prune_and_continue(data, tmp_path):
     # differ (not part of the study's fingerprint); its search space may not.
     again = sweep(tmp_path, data, storage=url, sets={"sweep.params": space})
     assert again.returncode == 0 and "0 to start" in again.stderr and len(load(url).trials) == 4
+
+
+@pytest.mark.slow
+def test_the_smoke_sweep_s_sampled_values_reach_the_weights(data, tmp_path, monkeypatch):
+    # The README's smoke sweep: two trials with other eps and thresholds must train other weights
+    # (pseudo-labels exist, so both values reach the loss), and score differently.
+    import torch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = params.load(None, "smoke", {"sweep.storage": url, "sweep.study": "t", "sweep.n_trials": 2,
+                                      "sweep.pruner": "none", "sweep.sampler": "random"})
+    run_sweep(cfg, sweep_paths(data, tmp_path))
+    trials = load(url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].params != trials[1].params
+    weights = [torch.load(Path(t.user_attrs["run_dir"]) / "last.pt", weights_only=True)["student"] for t in trials]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert trials[0].value != trials[1].value
+    _, _, kids = children(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run in kids:  # every trial had pseudo-labels and a perturbation of its own size
+        confident = [m.value for m in client.get_metric_history(run.info.run_id, "confident_ratio")]
+        assert confident and max(confident) > 0, run.data.tags["trial_number"]
 
 
 @pytest.mark.slow
