@@ -5,7 +5,9 @@
 
 Published splits (Pascal, Cityscapes) are read from ``data_root/published_splits/<split>/`` in DDFP's
 format (bare Pascal ids; Cityscapes ``leftImg8bit/...`` paths) or UniMatch's ("image mask" lines),
-validated against the published counts and converted. A numeric split that is not published is drawn
+validated against the published counts and against the sha256 that download.files pins for the file
+(a list of the right sizes but other content, e.g. a published split from before its authors' fix, is
+refused by name), and converted. A numeric split that is not published is drawn
 with ``data.split_seed`` from the training pool, resampled until the labelled part shows every class.
 Every listed image and mask is decoded before anything is written (pipeline.stages.data_check), so a corrupt
 file is named here rather than mid-training.
@@ -135,22 +137,42 @@ def _published_dirs(root: Path) -> dict[str, Path]:
     return {d.name: d for d in sorted(base.iterdir()) if d.is_dir()} if base.is_dir() else {}
 
 
-def _load_published(root: Path, split_dir: Path, spec: DatasetSpec) -> tuple[dict[str, list[Pair]], dict[str, Path]]:
+def pinned_sha256(cfg: Config) -> dict[str, str]:
+    """Path under the data root -> the sha256 that download.files pins for it."""
+    return {f.dest: f.sha256 for f in cfg.download.files if f.sha256}
+
+
+def check_pinned(path: Path, root: Path, pins: dict[str, str]) -> None:
+    """A list whose content download.files pins must have that content: counts and disjointness pass
+    for another list of the same sizes (an older version of a published split, say)."""
+    want = pins.get(path.relative_to(root).as_posix())
+    if want is None:
+        return
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != want:
+        raise DataError(f"{path}: sha256 {found}, but download.files pins {want}: not the published list "
+                        "(delete it and run the download stage again)")
+
+
+def _load_published(root: Path, split_dir: Path, spec: DatasetSpec,
+                    pins: dict[str, str]) -> tuple[dict[str, list[Pair]], dict[str, Path]]:
     sources = {"labeled": split_dir / "labeled.txt", "unlabeled": split_dir / "unlabeled.txt",
                "val": root / "published_splits" / "val.txt"}
     for path in sources.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (published split lists come from the download stage)")
+        check_pinned(path, root, pins)
     return {name: read_published(path, spec) for name, path in sources.items()}, sources
 
 
-def _train_pool(root: Path, spec: DatasetSpec, published: dict[str, Path]) -> tuple[list[Pair], list[Pair]]:
+def _train_pool(root: Path, spec: DatasetSpec, published: dict[str, Path],
+                pins: dict[str, str]) -> tuple[list[Pair], list[Pair]]:
     """(train, val) for a new split of a real dataset: the union of the published splits' lists."""
     if not published:
         raise FileNotFoundError(f"{root / 'published_splits'}: no published splits to take a training list from")
     pool: dict[str, Pair] = {}
     for split_dir in published.values():
-        lists, _ = _load_published(root, split_dir, spec)
+        lists, _ = _load_published(root, split_dir, spec, pins)
         pool.update({p[0]: p for p in lists["labeled"] + lists["unlabeled"]})
     val = read_published(root / "published_splits" / "val.txt", spec)
     return list(pool.values()), val
@@ -169,7 +191,7 @@ def _plan(cfg: Config, root: Path, split: str, spec: DatasetSpec) -> _Plan:
     """Read (not yet decode) the lists one split is made from, and check their counts and overlap."""
     published = {} if spec.name == "synthetic" else _published_dirs(root)
     if split in published:
-        lists, sources = _load_published(root, published[split], spec)
+        lists, sources = _load_published(root, published[split], spec, pinned_sha256(cfg))
         _check_counts(spec.name, split, lists, sources)
         check_disjoint(lists, sources)
         return _Plan(lists, sources, None)
@@ -180,7 +202,7 @@ def _plan(cfg: Config, root: Path, split: str, spec: DatasetSpec) -> _Plan:
     if not split.isdigit():
         raise ConfigError(f"data.splits: {split!r} is not published under {root / 'published_splits'} "
                           "and not a number")
-    train, val = _synthetic_pool(root, spec) if spec.name == "synthetic" else _train_pool(root, spec, published)
+    train, val = _synthetic_pool(root, spec) if spec.name == "synthetic" else _train_pool(root, spec, published, pinned_sha256(cfg))
     plan = _Plan({"train": train, "val": val}, {name: f"split {split} ({name}, seeded)" for name in ("train", "val")},
                  cfg.data.split_seed)
     check_disjoint(plan.lists, plan.sources)

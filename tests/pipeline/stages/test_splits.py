@@ -207,3 +207,35 @@ def test_paths_leaving_the_data_root_are_refused(pascal_root: Path, tmp_path: Pa
     with pytest.raises(DataError, match=f"{re.escape(entry)}: leaves the data root"):
         run_splits(_smoke({"data.dataset": "pascal", "data.splits": ["tiny"]}), pascal_root, tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def _pinned(dest: str, sha256: str) -> dict:
+    return {"data.dataset": "pascal", "data.splits": ["tiny"],
+            "download.files": [{"url": f"https://example.org/{dest}", "dest": dest, "sha256": sha256}]}
+
+
+def test_a_split_list_with_another_hash_is_refused_by_name(pascal_root: Path, tmp_path: Path) -> None:
+    listed = pascal_root / "published_splits" / "tiny" / "labeled.txt"
+    good = hashlib.sha256(listed.read_bytes()).hexdigest()
+    run_splits(_smoke(_pinned("published_splits/tiny/labeled.txt", good)), pascal_root, tmp_path / "ok")
+    _publish(pascal_root, "tiny", PASCAL_IDS[1:3], PASCAL_IDS[3:9], PASCAL_IDS[9:])  # same counts, other ids
+    found = hashlib.sha256(listed.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match=f"{listed}: sha256 {found}, but download.files pins {good}"):
+        run_splits(_smoke(_pinned("published_splits/tiny/labeled.txt", good)), pascal_root, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("profile", ["pascal", "cityscapes"])
+def test_every_published_split_list_is_pinned_by_sha256(profile: str) -> None:
+    files = [f for f in params.load(profile=profile).download.files if f.dest.startswith("published_splits/")]
+    splits = params.load(profile=profile).data.splits
+    assert {f.dest for f in files} == {f"published_splits/{s}/{k}.txt" for s in splits
+                                       for k in ("labeled", "unlabeled")} | {"published_splits/val.txt"}
+    assert all(f.sha256 for f in files)
+
+
+def test_the_cityscapes_eighth_split_is_the_fixed_list() -> None:
+    # DDFP's own 1/8 list (= U2PL's after its split fix), not U2PL's list from before the fix.
+    pinned = {f.dest: f for f in params.load(profile="cityscapes").download.files}["published_splits/372/labeled.txt"]
+    assert pinned.url.startswith("https://raw.githubusercontent.com/Gavinwxy/DDFP/7956c72")
+    assert pinned.sha256 == "a7fa9c926a15c3983a6b2b884dc455bcfaf59ddc2cbe63f895e1d067d5a7f9b4"
