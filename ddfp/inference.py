@@ -6,22 +6,33 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddfp.config import EvalProtocol
+from ddfp.data.spec import IMAGENET_MEAN, IMAGENET_STD
+
+
+def black(like: Tensor) -> Tensor:
+    """Normalised black, (0 - mean) / std per channel, as a 1 x 3 x 1 x 1 tensor like `like`."""
+    mean, std = (torch.tensor(v, dtype=like.dtype, device=like.device) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (-mean / std).view(1, 3, 1, 1)
 
 
 def predict_whole(model: nn.Module, img: Tensor, crop: int) -> Tensor:
-    """B x 3 x H x W -> B x C x H x W logits; the image is centre-padded to at least crop x crop.
+    """B x 3 x H x W -> B x C x H x W logits; the (normalised) image is centre-padded to at least
+    crop x crop.
 
-    Padding with 0 after normalisation is padding with the mean colour; the padded border is cut
-    away before returning.
+    The border is black, as the authors pad the RGB image with 0 before normalising (and as training
+    pads its crops); a normalised 0 would be the mean colour. The padded border is cut away before
+    returning.
     """
     h, w = img.shape[-2:]
     ph, pw = max(crop - h, 0), max(crop - w, 0)
     top, left = ph // 2, pw // 2
-    padded = F.pad(img, (left, pw - left, top, ph - top))
+    padded = img
+    if ph or pw:
+        padded = black(img).expand(img.shape[0], 3, h + ph, w + pw).clone()
+        padded[..., top : top + h, left : left + w] = img
     logits = model(padded).logits
     return logits[..., top : top + h, left : left + w]
 

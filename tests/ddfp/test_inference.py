@@ -33,3 +33,25 @@ def test_sliding_windows_cover_and_stitch():
     assert torch.equal(pred[0], img[0, 0].long())
     starts = _window_starts(130, 48, 32)
     assert starts[0] == 0 and starts[-1] == 130 - 48 and all(b - a <= 32 for a, b in zip(starts, starts[1:]))
+
+
+def test_whole_image_padding_is_black_before_normalisation():
+    # The authors pad the RGB image with 0 (black) and normalise after: the border the model sees is
+    # (0 - mean) / std per channel, not the normalised 0 (the mean colour).
+    from ddfp.data.spec import IMAGENET_MEAN, IMAGENET_STD
+    from ddfp.inference import predict_whole
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return SegOutput(torch.zeros(x.shape[0], 2, *x.shape[-2:]), x)
+
+    img = torch.randn(1, 3, 10, 20)
+    predict_whole(Spy(), img, 32)
+    padded = seen[0]
+    black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    assert padded.shape == (1, 3, 32, 32)
+    assert torch.allclose(padded[0, :, 0, 0], black) and torch.allclose(padded[0, :, -1, -1], black)
+    assert torch.equal(padded[..., 11:21, 6:26], img)  # centred
