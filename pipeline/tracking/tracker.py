@@ -12,11 +12,13 @@ seeds) hang under a parent run found by a hash of that configuration; a sweep pa
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
@@ -35,6 +37,23 @@ RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longes
 RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its tracker created
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on `<db>.lock` beside a local sqlite store while it is opened (and, when
+    new, created and migrated); other stores (servers, PostgreSQL) migrate on their own terms."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class MlflowTracker:
     """A live MLflow run that never stops training and loses nothing it was asked to log.
 
@@ -44,14 +63,12 @@ class MlflowTracker:
     """
 
     def __init__(self, uri: str, run_dir: Path | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         # MLflow's defaults retry an unreachable server for minutes; training must not wait that long.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri, self.run_dir = uri, run_dir
-        self.client = MlflowClient(tracking_uri=uri)
+        self._client: Any = None  # opened by the first call (see `client`)
         self.run_id: str | None = None
         self.spool = Spool(run_dir)
         self.system = SystemMetrics(uri)  # sampling starts with a started run (not an attached one)
@@ -59,6 +76,21 @@ class MlflowTracker:
         # A spool left by an earlier process (killed during an outage) goes out with the first call.
         self._down, self._warned = len(self.spool) > 0, False
         self._wait, self._next_try = RECONNECT_S[0], 0.0
+
+    @property
+    def client(self) -> Any:
+        """The store's MlflowClient, opened at the first call that needs it, inside the outage rule:
+        opening a new sqlite store migrates its schema, and a second process migrating the same new
+        store at the same moment fails (alembic's "expected to match one row"). That failure is an
+        outage like any other: the calls wait in the spool and the store is opened again at the retry.
+        Two of this project's processes never migrate at once (store_lock): interleaved migrations of
+        one sqlite file can leave it half-migrated for good."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            with store_lock(self.uri):
+                self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     @property
     def active(self) -> bool:
@@ -258,7 +290,7 @@ class MlflowTracker:
         """End any run of this store (not only this tracker's) as `status`; dropped during an outage."""
         if run_id == self.run_id:  # a sweep trial's tracker ends its own run here, not in finish
             self.system.stop()
-        self.guard("end run", self.client.set_terminated, run_id, status, end_time)
+        self.guard("end run", lambda: self.client.set_terminated(run_id, status, end_time))
 
     def _say_pending(self) -> None:
         if self._down:

@@ -122,6 +122,30 @@ def test_a_second_trainer_on_one_run_directory_exits_busy_at_once(tiny_data, tmp
     assert state["done"] and state["iteration"] == 30
 
 
+@pytest.mark.slow
+def test_two_trainings_that_start_together_on_a_fresh_store_both_finish_tracked(tiny_data, tmp_path):
+    # What a fresh clone's job array, `dvc queue start -j 2` or two ablation workers do: two processes
+    # create (and migrate) the same new MLflow store at once. Interleaved migrations of one sqlite
+    # file crash one process or leave the store half-migrated; neither training may be lost.
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    tracked = SMOKE[:-2] + ["--set", "train.max_iters=2"]  # tracking on
+    procs = [subprocess.Popen(DDFP + ["train", *tracked, "--set", f"train.seed={seed}", "--data",
+                                      str(tiny_data / "dataset"), "--split-dir", str(tiny_data / "splits" / "8"),
+                                      "--out", str(tmp_path / f"run{seed}")],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for seed in (0, 1)]
+    outputs = [finish(p) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id], "tags.ddfp_kind = 'train'")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and "loss" in r.data.metrics for r in runs)
+
+
 # ---- DVC beside DVC, and a hand-run `ddfp train` beside DVC -----------------------------------
 def run_cmd(cmd, cwd, env, check=True):
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
