@@ -124,7 +124,10 @@ class TrainConfig(Section):
     sup_only_epochs: int = Field(default=1, ge=0)
     flow_start_epoch: int = Field(default=1, ge=0)
     perturb_start_epoch: int = Field(default=2, ge=0)
-    batch_size: int = Field(default=4, ge=1, description="labelled and unlabelled images per process")
+    batch_size: int = Field(default=4, ge=1, description="labelled and unlabelled images per process and step")
+    global_batch: int | None = Field(
+        default=None, ge=1, description="labelled images per optimiser step over all processes (the paper's 16: "
+        "4 GPUs x 4); fewer processes reach it by gradient accumulation. null: batch_size x processes")
     lr: float = Field(default=1e-3, gt=0)
     head_lr_mult: float | None = Field(default=None, gt=0, description="null: the dataset's value")
     momentum: float = Field(default=0.9, ge=0, lt=1)

@@ -27,16 +27,26 @@ class EpochSampler(Sampler[tuple[int, int]]):
     as DistributedSampler pads its ranks, and drops the tail that does not fill a batch, as the
     authors' DataLoader(drop_last=True) does: their ceil(U / 4) // 4 iterations on 4 GPUs (570 an
     epoch at 1464 Pascal labels, where floor(U / 16) would give 569).
+
+    With gradient accumulation over `accumulation` micro-batches a process stands in for that many
+    ranks (world_size x accumulation in all): step s yields micro-batch a of virtual rank
+    rank x accumulation + a, so one optimiser step sees the images that many processes would.
+    per_rank counts the positions of one virtual rank.
     """
 
     def __init__(self, num_items: int, length: int, seed: int, stream: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, accumulation: int = 1) -> None:
         if num_items < 1:
             raise ValueError("EpochSampler: the list is empty")
-        self.num_items, self.seed, self.stream = num_items, seed, stream
-        self.rank, self.world_size = rank, world_size
-        self.per_rank = (-(-length // world_size) // batch_size) * batch_size
+        self.num_items, self.seed, self.stream, self.batch_size = num_items, seed, stream, batch_size
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
+        self.per_rank = (-(-length // self.ranks) // batch_size) * batch_size
         self.epoch, self.skip = 0, 0
+
+    @property
+    def ranks(self) -> int:
+        """Virtual ranks: processes x accumulation steps."""
+        return self.world_size * self.accumulation
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the epoch and how many of this rank's items were already consumed (resume)."""
@@ -44,14 +54,23 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def _order(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(item_seed(self.seed, self.stream, self.epoch, 0))
-        passes = -(-self.per_rank * self.world_size // self.num_items)
+        passes = -(-self.per_rank * self.ranks // self.num_items)
         return torch.cat([torch.randperm(self.num_items, generator=gen) for _ in range(passes)])
+
+    def _positions(self) -> Iterator[int]:
+        """This process's positions in the epoch's order, micro-batch by micro-batch."""
+        b = self.batch_size
+        for step in range(self.per_rank // b):
+            for a in range(self.accumulation):
+                virtual = self.rank * self.accumulation + a
+                for k in range(step * b, (step + 1) * b):
+                    yield k * self.ranks + virtual
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self._order().tolist()
-        for k in range(self.skip, self.per_rank):
-            pos = k * self.world_size + self.rank
-            yield order[pos], item_seed(self.seed, self.stream, self.epoch, pos + 1)
+        for i, pos in enumerate(self._positions()):
+            if i >= self.skip:
+                yield order[pos], item_seed(self.seed, self.stream, self.epoch, pos + 1)
 
     def __len__(self) -> int:
-        return self.per_rank - self.skip
+        return self.per_rank * self.accumulation - self.skip

@@ -7,10 +7,11 @@ and checkpoint cadence, a sweep's pruning hook and SLURM's stop request.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 import yaml
@@ -34,6 +35,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 OnEval = Callable[[int, float], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class FitSummary:
         return {k: getattr(self, k) for k in keys + (["rank", "student_digest"] if self.rank is not None else [])}
 
 
+def steps(pairs: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Consecutive groups of n (the micro-batches of one optimiser step); a short tail is dropped."""
+    it = iter(pairs)
+    while len(group := list(itertools.islice(it, n))) == n:
+        yield group
+
+
 def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, rate: Rate, on_eval: OnEval | None,
                  stop: StopFlag | None) -> None:
     """Iterations of the current epoch (from where a resume left off), then the epoch's end."""
@@ -63,10 +72,11 @@ def _train_epoch(tr: Trainer, p: Progress, bar: tqdm | PlainProgress, rate: Rate
     for group in tr.learner.opt_flow.param_groups:
         group["lr"] = flow_lr(cfg, p.epoch)
     tr.loaders.set_epoch(p.epoch, p.iter_in_epoch)
-    for bl, bu in zip(tr.loaders.labeled, tr.loaders.unlabeled):
+    for micro in steps(zip(tr.loaders.labeled, tr.loaders.unlabeled), tr.loaders.accumulation):
         # Diagnostics cost a flow pass: compute them only where they are logged.
         logged = (p.iteration + 1) % cfg.run.log_every == 0 or p.iteration + 1 >= tr.max_iters
-        step = tr.learner.run_iteration(tr.to_batch(bl, bu), phase, p.iteration, diagnostics=logged)
+        batches = [tr.to_batch(bl, bu) for bl, bu in micro]
+        step = tr.learner.run_iteration(batches, phase, p.iteration, diagnostics=logged)
         p.advance(step)
         bar.update(1)
         if logged:

@@ -11,7 +11,7 @@ import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,17 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
+def _mean_output(outs: list[StepOutput]) -> StepOutput:
+    """The micro-batches' mean losses and logs (a diagnostic only the last one computed is its own)."""
+    if len(outs) == 1:
+        return outs[0]
+    mean = lambda xs: torch.stack(xs).mean()  # noqa: E731
+    keys = dict.fromkeys(k for o in outs for k in o.logs)
+    logs = {k: mean([o.logs[k] for o in outs if k in o.logs]) for k in keys}
+    flow = None if outs[0].flow_loss is None else mean([o.flow_loss for o in outs])
+    return StepOutput(mean([o.seg_loss for o in outs]), flow, logs)
+
+
 def _snapshot(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
     # One fused copy per dtype group on GPU, and no host sync: this runs every iteration.
     return torch._foreach_mul(buffers, 1) if buffers else []
@@ -112,8 +123,13 @@ class Learner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def run_iteration(self, batch: Batch, phase: Phase, iteration: int, diagnostics: bool = True) -> StepResult:
-        """Iteration number `iteration` (0-based): the LR of its place in the schedule, one update."""
+    def run_iteration(self, batch: Batch | Sequence[Batch], phase: Phase, iteration: int,
+                      diagnostics: bool = True) -> StepResult:
+        """Iteration number `iteration` (0-based): the LR of its place in the schedule, one update.
+
+        A sequence of batches is one step over their micro-batches (gradient accumulation): each
+        one's losses count 1/n, its graph is freed after its backward, the update happens once."""
+        batches = [batch] if isinstance(batch, Batch) else list(batch)
         t = self.cfg.train
         for group in self.opt_seg.param_groups:
             group["lr"] = poly_lr(group["base_lr"], iteration, self.total_iters, t.poly_power)
@@ -123,25 +139,33 @@ class Learner:
             hand_off(self.models.teacher, self.models.student)
         buffers = self._forward_buffers()
         saved = _snapshot(buffers)
+        self.opt_seg.zero_grad(set_to_none=True)
+        self.opt_flow.zero_grad(set_to_none=True)
+        outs = [self._forward_backward(b, phase, diagnostics and i == len(batches) - 1, len(batches))
+                for i, b in enumerate(batches)]
+        with record_function("learner.update"):
+            return self._update(_mean_output(outs), phase, iteration, buffers, saved)
+
+    def _forward_backward(self, batch: Batch, phase: Phase, diagnostics: bool, n: int) -> StepOutput:
+        """One micro-batch's losses, backpropagated at 1/n of their weight; returned detached."""
         with self.autocast():
             out = train_step(self.models, batch, phase, self.cfg, diagnostics)
         with record_function("learner.backward"):
-            self.opt_seg.zero_grad(set_to_none=True)
-            self.scaler.scale(out.seg_loss).backward()
-        with record_function("learner.update"):
-            return self._update(out, phase, iteration, buffers, saved)
+            self.scaler.scale(out.seg_loss / n if n > 1 else out.seg_loss).backward()
+            if out.flow_loss is not None:
+                (out.flow_loss / n if n > 1 else out.flow_loss).backward()
+        flow = None if out.flow_loss is None else out.flow_loss.detach()
+        return StepOutput(out.seg_loss.detach(), flow, out.logs)
 
     def _update(self, out: StepOutput, phase: Phase, iteration: int, buffers: list[torch.Tensor],
                 saved: list[torch.Tensor]) -> StepResult:
-        """The flow's backward, the gradient sync, the finite check and every update it allows."""
+        """The gradient sync, the finite check and every update it allows (`out`: detached losses)."""
         # A non-finite BN statistic is as poisonous as a non-finite loss (the EMA would carry it into
         # the teacher), so its norm joins the loss in the one finite check below.
         stats = torch.nn.utils.get_total_norm([b for b in buffers if b.is_floating_point()])
-        checks = [out.seg_loss.detach().float(), stats.float()]
+        checks = [out.seg_loss.float(), stats.float()]
         if out.flow_loss is not None:
-            self.opt_flow.zero_grad(set_to_none=True)
-            out.flow_loss.backward()
-            checks.append(out.flow_loss.detach().float())
+            checks.append(out.flow_loss.float())
         # Gradient sync point (several ranks): the mean gradient and mean losses, before clipping and
         # before the finite check, so every rank clips, checks and steps identically.
         synced = list(self.models.student.parameters())

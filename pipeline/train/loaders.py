@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ddfp.config import ConfigError
 from ddfp.data.dataset import SegDataset
 from ddfp.data.sampling import EpochSampler
 from ddfp.methods import method_spec
@@ -34,11 +35,34 @@ def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
 class TrainLoaders:
     labeled: DataLoader
     unlabeled: DataLoader
-    iters_per_epoch: int
+    iters_per_epoch: int  # optimiser steps
+    accumulation: int = 1  # micro-batches per step (gradient accumulation)
 
     def set_epoch(self, epoch: int, skip_iters: int = 0) -> None:
         for loader in (self.labeled, self.unlabeled):
-            loader.sampler.set_epoch(epoch, skip_iters * loader.batch_size)
+            loader.sampler.set_epoch(epoch, skip_iters * self.accumulation * loader.batch_size)
+
+
+def accumulation_steps(cfg: Config, world_size: int) -> int:
+    """Micro-batches per optimiser step that keep train.global_batch with this many processes."""
+    t = cfg.train
+    per_step = t.batch_size * world_size
+    if t.global_batch is None:
+        return 1
+    if t.global_batch % per_step:
+        raise ConfigError(f"train.global_batch: {t.global_batch} is not a multiple of train.batch_size "
+                          f"{t.batch_size} x {world_size} processes; change either, or set it to null")
+    return t.global_batch // per_step
+
+
+def global_batch_line(cfg: Config, world_size: int) -> str:
+    """What the run does to keep the reference global batch, said at its start."""
+    t, steps = cfg.train, accumulation_steps(cfg, world_size)
+    how = f"{t.batch_size} + {t.batch_size} per process x {world_size} process(es)"
+    if steps == 1:
+        return f"global batch: {how} = {t.batch_size * world_size}"
+    return (f"global batch {t.global_batch} (train.global_batch): {how} x {steps} accumulated micro-batches "
+            f"per optimiser step; BN statistics are per micro-batch of {t.batch_size} + {t.batch_size}")
 
 
 def _loader(dataset: SegDataset, sampler, batch_size: int, cfg: Config) -> DataLoader:
@@ -63,17 +87,19 @@ def train_loaders(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, 
                       method_spec(cfg).strong_views)
     # The authors' epoch makes a split with more labels (fewer unlabelled images) train fewer
     # iterations; a fixed budget keeps the label axis of a comparison free of that confound.
-    length = t.iters_per_epoch * t.batch_size * world_size if t.iters_per_epoch else len(lines_u)
+    steps = accumulation_steps(cfg, world_size)
+    length = t.iters_per_epoch * t.batch_size * world_size * steps if t.iters_per_epoch else len(lines_u)
     samplers = [
-        EpochSampler(len(lines_l), length, t.seed, LABELED_STREAM, t.batch_size, rank, world_size),
-        EpochSampler(len(lines_u), length, t.seed, UNLABELED_STREAM, t.batch_size, rank, world_size),
+        EpochSampler(len(lines_l), length, t.seed, LABELED_STREAM, t.batch_size, rank, world_size, steps),
+        EpochSampler(len(lines_u), length, t.seed, UNLABELED_STREAM, t.batch_size, rank, world_size, steps),
     ]
     iters = samplers[0].per_rank // t.batch_size
     if iters < 1:
         raise ValueError(
             f"train.batch_size: {t.batch_size} x {world_size} processes exceeds the {length} unlabelled images"
         )
-    return TrainLoaders(_loader(ds_l, samplers[0], t.batch_size, cfg), _loader(ds_u, samplers[1], t.batch_size, cfg), iters)
+    return TrainLoaders(_loader(ds_l, samplers[0], t.batch_size, cfg), _loader(ds_u, samplers[1], t.batch_size, cfg),
+                        iters, steps)
 
 
 def val_loader(cfg: Config, data_root: Path, split_dir: Path, rank: int = 0, world_size: int = 1) -> DataLoader:

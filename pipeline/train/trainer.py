@@ -27,7 +27,7 @@ from pipeline.train.code_version import code_digest
 from pipeline.train.console import PROGRESS, PlainProgress, Rate
 from pipeline.train.distributed import SINGLE, DistEnv
 from pipeline.train.learner import Learner, StepResult
-from pipeline.train.loaders import TrainLoaders, read_split_file, train_loaders, val_loader
+from pipeline.train.loaders import TrainLoaders, global_batch_line, read_split_file, train_loaders, val_loader
 from pipeline.train.validation import StopCheck, evaluate_models
 
 
@@ -116,6 +116,8 @@ class Trainer:
         self.val = val_loader(cfg, paths.data_root, paths.split_dir, dist.rank, dist.world_size)
         self.val_lines = len(read_split_file(paths.split_dir / "val.txt"))  # over all ranks
         self.iters_per_epoch = self.loaders.iters_per_epoch
+        if cfg.train.global_batch is not None and dist.is_main:  # how the reference batch is kept, at the start
+            tqdm.write(global_batch_line(cfg, dist.world_size))
         self.learner = Learner(cfg, device, self.iters_per_epoch, dist, paths.weights)
         self.total_iters = self.learner.total_iters
         self.max_iters = min(self.total_iters, cfg.train.max_iters or math.inf)  # where this run stops

@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 from ddfp.data.spec import get_spec
 from ddfp.model.deeplab import build_model
+from ddfp.step import Batch
 from pipeline import params
 from pipeline.stages.splits import run_splits
 from pipeline.stages.synthetic import write_synthetic
@@ -97,3 +98,63 @@ def test_evaluation_on_two_ranks_equals_one_rank(tmp_path):
     assert single["cm"].sum() > 0
     for r in ranks:
         assert torch.equal(r["cm"], single["cm"])  # exact: integer counts, each image once
+
+
+def _first_step(env: DistEnv, data):
+    """One optimiser step of supervised training at train.global_batch 4 on `env`'s ranks: the
+    student's weights after it and the labelled images it saw."""
+    from ddfp.methods import phase_at
+    from pipeline.train.fit import steps
+    from pipeline.train.learner import Learner
+    from pipeline.train.loaders import train_loaders
+
+    cfg, root = data
+    torch.set_num_threads(1)
+    loaders = train_loaders(cfg, root / "dataset", root / "splits" / "8", env.rank, env.world_size)
+    learner = Learner(cfg, torch.device("cpu"), loaders.iters_per_epoch, env)
+    loaders.set_epoch(0)
+    micro = next(steps(zip(loaders.labeled, loaders.unlabeled), loaders.accumulation))
+    batches = [Batch.from_samples(bl, bu, lambda x: x, lambda x: x) for bl, bu in micro]
+    learner.run_iteration(batches, phase_at(0, cfg), 0, diagnostics=False)
+    # Parameters only: BN running statistics move once per micro-batch here, once per rank there.
+    weights = {k: v.detach().clone() for k, v in learner.models.student.named_parameters()}
+    return {"weights": weights, "images": torch.cat([b.img_x for b in batches]),
+            "accumulation": loaders.accumulation}
+
+
+@pytest.mark.slow
+def test_accumulation_takes_the_step_of_more_processes(tiny_data, tmp_path):
+    # The paper's global batch on fewer GPUs: one process accumulating 2 micro-batches of 2 takes the
+    # step of 2 gloo processes of 2 each, on the same images. BN statistics are per micro-batch, as
+    # they are per process without SyncBN, so train-mode BN agrees; dropout off (its draws differ).
+    cfg = params.load(None, "smoke", {"model.pretrained": False, "data.crop_size": 32, "model.dropout": 0.0,
+                                      "train.method": "supervised", "train.batch_size": 2, "train.global_batch": 4,
+                                      "run.channels_last": False})
+    ranks = _spawn(tmp_path, 2, _first_step, (cfg, tiny_data))
+    (one,) = [_first_step(distributed.SINGLE, (cfg, tiny_data))]
+    assert one["accumulation"] == 2 and [r["accumulation"] for r in ranks] == [1, 1]
+    assert torch.equal(one["images"], torch.cat([r["images"] for r in ranks]))  # the same images, in rank order
+    for name, value in one["weights"].items():
+        torch.testing.assert_close(value, ranks[0]["weights"][name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(ranks[1]["weights"][name], ranks[0]["weights"][name], msg=name)
+    initial = _first_step_initial(cfg)
+    changed = sum(not torch.equal(v, initial[k]) for k, v in one["weights"].items())
+    assert changed > 10  # the step moved the weights: the comparison is not of two untouched models
+
+
+def _first_step_initial(cfg):
+    from pipeline.train.learner import Learner
+
+    return {k: v.detach().clone() for k, v in Learner(cfg, torch.device("cpu"), 10).models.student.named_parameters()}
+
+
+def test_a_global_batch_that_the_processes_cannot_reach_is_refused():
+    from ddfp.config import ConfigError
+    from pipeline.train.loaders import accumulation_steps, global_batch_line
+
+    cfg = params.load(None, "pascal")
+    assert cfg.train.global_batch == 16
+    assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+    assert "4 accumulated micro-batches" in global_batch_line(cfg, 1) and "BN statistics" in global_batch_line(cfg, 1)
+    with pytest.raises(ConfigError, match="train.global_batch: 16 is not a multiple of train.batch_size 4 x 3"):
+        accumulation_steps(cfg, 3)
