@@ -37,6 +37,10 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 # how it is scored, tracked, launched or swept. A resume fingerprint, the MLflow group of a run and
 # the train stage's params in dvc.yaml all leave exactly these out.
 NOT_TRAINING = ("profile", "methods", "run.", "eval.", "download.", "tracking.", "slurm.", "sweep.")
+# Not training values, but they make a trained run's scores: what is evaluated and how
+# (eval.batch_size does not change a score). A result (an ablation record, a sweep's trials) is of
+# the training values and these.
+SCORING = ("eval.model", "eval.mode", "eval.crop_size", "eval.stride_ratio")
 
 
 def _is_field(dotted: str) -> bool:
@@ -95,6 +99,11 @@ class Config(MethodConfig):
     def training_values(self) -> dict[str, Any]:
         """The dotted values that can change a run's trained weights (secrets redacted, as stored)."""
         return {k: v for k, v in redact_values(self.flat()).items() if not k.startswith(NOT_TRAINING)}
+
+    def result_values(self) -> dict[str, Any]:
+        """The dotted values a trained run's scores depend on: its training values and SCORING."""
+        flat = self.flat()
+        return {**self.training_values(), **{k: flat[k] for k in SCORING}}
 
 
 def _format_errors(err: ValidationError) -> str:

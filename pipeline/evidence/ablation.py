@@ -32,7 +32,7 @@ from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.evidence.diagnostics import pseudo_label_diagnostics, train_log_diagnostics
 from pipeline.files import write_json_atomic, write_text_atomic
-from pipeline.params import Config, replace
+from pipeline.params import Config, from_mapping, replace
 from pipeline.slurm import TrainJob, train_on_slurm
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.stages.report import labels_of
@@ -42,11 +42,6 @@ from pipeline.train.fit import fit
 from pipeline.train.loaders import read_split_file
 from pipeline.train.trainer import RunPaths, StopFlag
 
-# Values that cannot change a run's weights or its evaluation: a record stays valid when only these
-# differ (data.splits only lists which splits exist; the others schedule, log or track).
-NOT_RESULTS = ("profile", "methods", "data.splits", "run.num_workers", "download.", "run.device",
-               "run.eval_every", "run.ckpt_every", "run.log_every", "run.launcher", "eval.batch_size",
-               "tracking.", "slurm.", "sweep.")
 
 @dataclass(frozen=True)
 class Cell:
@@ -76,10 +71,25 @@ def arm_config(cfg: Config, cell: Cell) -> Config:
                          **overrides})
 
 
+DEFAULTS = from_mapping({})  # every key at its schema default
+_NO_DEFAULT = object()
+
+
 def record_config(cfg: Config) -> dict[str, Any]:
-    """The values a record's numbers depend on, as JSON stores them (tuples become lists)."""
-    values = {k: v for k, v in cfg.flat().items() if not k.startswith(NOT_RESULTS)}
+    """The values a record's numbers depend on (Config.result_values, the one definition that resumes,
+    sweeps and DVC's params follow too; data.splits only lists which splits exist), as JSON stores
+    them (tuples become lists)."""
+    values = {k: v for k, v in cfg.result_values().items() if k != "data.splits"}
     return json.loads(json.dumps(values))
+
+
+def same_values(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a record was trained with `current`'s values. A key the record lacks was added to the
+    configuration after it, with a default that keeps the behaviour of before: it matches when
+    `current` holds that default."""
+    defaults = record_config(DEFAULTS)
+    return set(recorded) <= set(current) and all(
+        recorded[k] == v if k in recorded else v == defaults.get(k, _NO_DEFAULT) for k, v in current.items())
 
 
 def record_path(out: Path, cell: Cell) -> Path:
@@ -94,7 +104,7 @@ def read_record(path: Path, cfg: Config) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not a JSON record ({err}); delete it to train that run again") from err
-    return record if record.get("config") == record_config(cfg) else None
+    return record if same_values(record.get("config") or {}, record_config(cfg)) else None
 
 
 def all_labels_split(split_dir: Path, work: Path) -> Path:

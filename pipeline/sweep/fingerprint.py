@@ -25,17 +25,16 @@ FINGERPRINT_ATTR = "ddfp_fingerprint"  # a study user attr: shown by optuna-dash
 ABSENT = "<absent>"
 # The list of the pipeline's splits: the sweep trains only on `split`, recorded on its own.
 IGNORED = ("data.splits",)
-# Not training values, but they make the scores: what is evaluated and how (eval.batch_size does
-# not change a score), and when the pruner hears of it.
-SCORING = ("eval.model", "eval.mode", "eval.crop_size", "eval.stride_ratio", "run.eval_every")
+# Beside the values a result depends on: when the pruner hears of it.
+PRUNING = ("run.eval_every",)
 
 
 def fingerprint(cfg: Config) -> dict[str, Any]:
     """Flat {key: value}, as the storage gives it back (JSON: tuples become lists)."""
     schedule = trial_config(cfg, {})
-    shared = set(schedule.training_values()) - set(cfg.sweep.params) - set(IGNORED)
+    shared = set(schedule.result_values()) - set(cfg.sweep.params) - set(IGNORED)
     values = redact_values(schedule.flat())
-    keys = sorted(shared | {k for k in values if k in SCORING} | set(cfg.sweep.overrides))
+    keys = sorted(shared | set(PRUNING) | set(cfg.sweep.overrides))
     out: dict[str, Any] = {f"space.{k}": v.model_dump() for k, v in cfg.sweep.params.items()}
     out.update({f"schedule.{k}": values[k] for k in keys})
     out.update({"split": cfg.sweep_split, "profile": cfg.profile})

@@ -253,3 +253,28 @@ def test_cli_reads_the_records_and_names_other_code(tmp_path):
                           "--seeds", "0,1", "--curve-seeds", "0"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "1 of 23 records come from other code (00000000)" in run.stdout
+
+
+def test_every_committed_record_is_of_the_demo_profile_s_arm_config():
+    # What `make ablation` in a clone reuses: a record whose values differ (a new key, a run value
+    # counted as a result) would be trained again, hours on 2 cores.
+    from pipeline.evidence.ablation import same_values
+    from tests.helpers.project import ROOT
+
+    cfg = params.load(profile="demo")
+    records = sorted((ROOT / "reports" / "ablation_runs").rglob("seed*.json"))
+    assert records
+    for path in records:
+        arm, split, seed = path.parts[-3], path.parts[-2], int(path.stem.removeprefix("seed"))
+        assert same_values(json.loads(path.read_text())["config"], record_config(arm_config(cfg, Cell(arm, split, seed)))), path
+
+
+def test_a_key_added_after_a_record_matches_only_at_its_default():
+    from pipeline.evidence.ablation import same_values
+
+    current = record_config(smoke())
+    older = {k: v for k, v in current.items() if k != "train.global_batch"}  # trained before the key existed
+    assert current["train.global_batch"] is None and same_values(older, current)
+    assert not same_values(older, record_config(params.replace(smoke(), {"train.global_batch": 8})))
+    assert not same_values({**older, "perturb.eps": 1.0}, current)
+    assert "run.channels_last" not in current and "eval.model" in current  # a run value, a scoring value
