@@ -49,6 +49,7 @@ class Paired:
     mean: float
     low: float  # 95 % confidence interval of the mean difference (t-distribution); NaN below 2 pairs
     high: float
+    sd: float = math.nan  # standard deviation of the paired differences: what the next study's size needs
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> Paired:
@@ -57,8 +58,9 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> Paired:
     d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     if len(d) < 2:
         return Paired(len(d), d[0] if d else math.nan, math.nan, math.nan)
-    mean, half = statistics.fmean(d), stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    return Paired(len(d), mean, mean - half, mean + half)
+    sd = statistics.stdev(d)
+    mean, half = statistics.fmean(d), stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
+    return Paired(len(d), mean, mean - half, mean + half, sd)
 
 
 def goal_rows(per_arm: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
@@ -69,7 +71,7 @@ def goal_rows(per_arm: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
         on_mean = p.mean > goal.gap if goal.strict else p.mean >= goal.gap
         met = p.n > 0 and on_mean and (not goal.ci_above_zero or p.low > 0)
         rows.append({"comparison": f"DDFP - {arm}", "n": p.n, "mean": f"{p.mean:+.2f}",
-                     "95% CI": _ci(p),
+                     "95% CI": _ci(p), "sd": _sd(p),
                      "goal": goal.text(), "verdict": "met" if met else "NOT met"})
     return rows
 
@@ -80,6 +82,10 @@ PAIRS = (("ddfp", "supervised"), ("mean_teacher", "supervised"), ("fixmatch", "s
 
 def _ci(p: Paired) -> str:
     return "-" if math.isnan(p.low) else f"[{p.low:+.2f}, {p.high:+.2f}]"
+
+
+def _sd(p: Paired) -> str:
+    return "-" if math.isnan(p.sd) else f"{p.sd:.2f}"
 
 
 def split_pairs(frame: pd.DataFrame, splits: list[str]) -> list[dict[str, Any]]:
@@ -93,7 +99,7 @@ def split_pairs(frame: pd.DataFrame, splits: list[str]) -> list[dict[str, Any]]:
             if a in per_arm and b in per_arm:
                 p = paired_difference(per_arm[a], per_arm[b])
                 rows.append({"labels": labels_of(split, splits), "comparison": f"{_name(a)} - {b}", "n": p.n,
-                             "mean": f"{p.mean:+.2f}", "95% CI": _ci(p)})
+                             "mean": f"{p.mean:+.2f}", "95% CI": _ci(p), "sd": _sd(p)})
     return rows
 
 
