@@ -59,16 +59,22 @@ def test_random_direction_is_uncorrelated_with_the_density_gradient(smoke_cfg):
     assert torch.allclose(F.cosine_similarity(density, density, dim=1), torch.ones_like(cos))
 
 
+def ddfp_steps(cfg, directions):
+    """One DDFP step (perturbation phase) per perturb.direction, from the same models, batch and RNG."""
+    models, batch = make_models(cfg), make_batch(cfg)
+    ddfp = phase_at(cfg.train.perturb_start_epoch, cfg)
+    outs = {}
+    for direction in directions:
+        torch.manual_seed(0)
+        outs[direction] = train_step(models, batch, ddfp, params.replace(cfg, {"perturb.direction": direction}))
+    return outs
+
+
 def test_at_zero_eps_the_direction_changes_no_loss(smoke_cfg):
     # The eps = 0 control is the perturbation branch without a perturbation: the same network, BN
     # routing and loss weights, whatever direction would have been taken.
     cfg = params.replace(smoke_cfg, {"perturb.eps": 0.0, "train.conf_thresh": 0.0, "model.dropout": 0.0})
-    models, batch = make_models(cfg), make_batch(cfg)
-    ddfp = phase_at(cfg.train.perturb_start_epoch, cfg)
-    outs = {}
-    for direction in ("density", "random"):
-        torch.manual_seed(0)
-        outs[direction] = train_step(models, batch, ddfp, params.replace(cfg, {"perturb.direction": direction}))
+    outs = ddfp_steps(cfg, ("density", "random"))
     assert torch.equal(outs["density"].seg_loss, outs["random"].seg_loss)
     assert float(outs["random"].logs["delta_norm"]) == 0.0 and float(outs["random"].logs["loss_perturb"]) > 0
 
@@ -120,12 +126,7 @@ def test_the_dropout_control_changes_only_the_perturbed_rows(smoke_cfg):
     # Network, BN routing and loss weights stay DDFP's: the clean rows' losses are the same to the bit,
     # the perturbed rows' loss differs, and the total is the same weighting of the three.
     cfg = params.replace(smoke_cfg, {"train.conf_thresh": 0.0, "model.dropout": 0.0})
-    models, batch = make_models(cfg), make_batch(cfg)
-    ddfp = phase_at(cfg.train.perturb_start_epoch, cfg)
-    outs = {}
-    for direction in ("density", "dropout"):
-        torch.manual_seed(0)
-        outs[direction] = train_step(models, batch, ddfp, params.replace(cfg, {"perturb.direction": direction}))
+    outs = ddfp_steps(cfg, ("density", "dropout"))
     a, b = outs["density"].logs, outs["dropout"].logs
     assert torch.equal(a["loss_sup"], b["loss_sup"]) and torch.equal(a["loss_unsup"], b["loss_unsup"])
     assert not torch.equal(a["loss_perturb"], b["loss_perturb"])
@@ -133,4 +134,5 @@ def test_the_dropout_control_changes_only_the_perturbed_rows(smoke_cfg):
     for out, logs in ((outs["density"], a), (outs["dropout"], b)):
         expected = w.sup * logs["loss_sup"] + w.unsup * logs["loss_unsup"] + w.perturb * logs["loss_perturb"]
         torch.testing.assert_close(out.seg_loss.detach(), expected)
-    assert ddfp.aux_bn and ddfp.perturb  # the perturbed rows go through the aux BN, as DDFP's do
+    phase = phase_at(cfg.train.perturb_start_epoch, params.replace(cfg, {"perturb.direction": "dropout"}))
+    assert phase.aux_bn and phase.perturb  # the perturbed rows go through the aux BN, as DDFP's do
