@@ -76,6 +76,13 @@ def worker_slots(workers: int | None, gpus: list[str], cores: int) -> list[dict[
     return slots
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a taskset or cgroup can allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def absolute(*paths: Path | None) -> list[str | None]:
     """Paths as the worker's payload carries them: absolute, None kept (a run without weights)."""
     return [None if p is None else str(Path(p).absolute()) for p in paths]
@@ -85,7 +92,7 @@ class LocalPool:
     """The local launcher's two steps (pipeline.launchers.Launcher): train and evaluate, as tasks."""
 
     def __init__(self, workers: int | None) -> None:
-        self.slots = worker_slots(workers, visible_gpus(), os.cpu_count() or 1)
+        self.slots = worker_slots(workers, visible_gpus(), usable_cores())
 
     def train(self, cfg: Config, runs: dict, configs: dict, block: bool,
               on_poll: Callable[[], None] | None) -> dict[str, Any]:
