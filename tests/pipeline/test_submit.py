@@ -105,7 +105,8 @@ def test_no_wait_then_a_local_repro_is_refused_and_submit_waits_for_the_jobs(clu
     status = run(["ddfp", "status"], dest, env).stdout
     assert sum(f"(job {job})" in status for job in jobs) == 4, status
     second = run(["ddfp", "submit"], dest, env)
-    assert "submitted SLURM job" not in second.stderr
+    assert not re.search(r"submitted SLURM job \S+ \(train@", second.stderr)  # only the evaluations are new
+    assert len(re.findall(r"submitted SLURM job \S+ \(evaluate@", second.stderr)) == 4
     assert {job for job in jobs if f"SLURM job {job} already trains" in second.stderr} | {
         job for job in jobs if f"(job {job})" in second.stderr} == jobs
     assert dvc_status(dest, env) == {}
