@@ -72,10 +72,20 @@ def train_invocation(args: argparse.Namespace | list[str]) -> tuple[Config, RunP
     return cfg, run_paths(cfg, args.data, args.split_dir, args.out, args.weights), args.export
 
 
+def stage_invocation(argv: list[str]) -> tuple[Config, argparse.Namespace]:
+    """A stage's command from dvc.yaml (without `ddfp`), parsed as `dvc repro` would have it parsed:
+    its config and its arguments."""
+    args = build_parser().parse_args(argv)
+    return load_config(args), args
+
+
 def cmd_submit(args: argparse.Namespace) -> None:
+    from pipeline.launchers import launcher
     from pipeline.repro import run_submit
 
-    recorded = run_submit(load_config(args), Path.cwd(), train_invocation, not args.no_wait, args.status_every)
+    chosen = launcher(args.launcher, args.jobs)
+    recorded = run_submit(load_config(args), Path.cwd(), stage_invocation, not args.no_wait, args.status_every,
+                          chosen)
     print(json.dumps({"recorded": recorded}))
 
 
@@ -161,6 +171,12 @@ def _version() -> str:
         return "unknown (not installed: pip install -e .)"
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddfp", description=__doc__.splitlines()[0], epilog=exit_code_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,8 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default: README.md)")
     p.add_argument("--check", action="store_true", help="only fail (exit 3) if a block is stale")
     p.set_defaults(fn=cmd_readme)
-    p = add("submit", cmd_submit, "dvc repro with every changed train stage as one SLURM job array")
+    p = add("submit", cmd_submit, "dvc repro with the changed train, then evaluate stages as SLURM job arrays "
+            "(or local worker processes: --local)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting (run it again to wait)")
+    p.add_argument("--local", dest="launcher", action="store_const", const="local", default="slurm",
+                   help="run the stages in worker processes on this machine instead of SLURM")
+    p.add_argument("-j", "--jobs", type=positive_int, help="--local: worker processes, each with its own GPU "
+                   "(default: one per visible GPU, else 1); without GPUs each gets cores / N threads")
     p.add_argument("--status-every", type=float, default=60.0, help="seconds between status tables while waiting")
     add("status", cmd_status, "one line per run: SLURM state, iteration, val mIoU, ETA, log").add_argument(
         "runs", nargs="*", type=Path, default=[LAYOUT["runs"]], help="run directories or folders of them (runs/)")

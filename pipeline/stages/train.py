@@ -10,7 +10,7 @@ from ddfp.config import ConfigError
 from pipeline.errors import BusyError
 from pipeline.params import Config
 from pipeline.train.fit import FitSummary
-from pipeline.train.trainer import RunPaths
+from pipeline.train.trainer import RunPaths, StopFlag
 
 
 def checked_weights(cfg: Config, path: Path | None) -> Path | None:
@@ -26,9 +26,11 @@ def run_paths(cfg: Config, data: Path, split_dir: Path, out: Path, weights: Path
     return RunPaths(data, split_dir, out, checked_weights(cfg, weights))
 
 
-def run_train(cfg: Config, paths: RunPaths, export: Path | None = None) -> FitSummary | None:
+def run_train(cfg: Config, paths: RunPaths, export: Path | None = None,
+              stop: StopFlag | None = None) -> FitSummary | None:
     """Train (or resume) the run in paths.out_dir, then write its model to `export` (when given:
-    pipeline.train.export); None on the ranks of torchrun other than the first.
+    pipeline.train.export); None on the ranks of torchrun other than the first. stop: set (by a
+    signal handler) to save at the next iteration and raise Interrupted (a local launcher's worker).
 
     run.launcher: slurm trains nothing here: the run's own job is waited for while it is queued, a
     finished checkpoint is the result, else a job is submitted and waited for."""
@@ -43,7 +45,7 @@ def run_train(cfg: Config, paths: RunPaths, export: Path | None = None) -> FitSu
         if job is not None:  # e.g. `ddfp submit --no-wait`, then `dvc repro` with the local launcher
             raise BusyError(f"{paths.out_dir} belongs to SLURM job {job.job_id}, still queued or running; wait "
                             f"for it (`ddfp submit` does) or `scancel {job.job_id}`")
-        summary = _train_here(cfg, paths)
+        summary = _train_here(cfg, paths, stop)
     if summary is not None and export is not None:
         from pipeline.train.export import export_run
 
@@ -51,13 +53,13 @@ def run_train(cfg: Config, paths: RunPaths, export: Path | None = None) -> FitSu
     return summary
 
 
-def _train_here(cfg: Config, paths: RunPaths) -> FitSummary | None:
+def _train_here(cfg: Config, paths: RunPaths, stop: StopFlag | None = None) -> FitSummary | None:
     from pipeline.train import distributed
     from pipeline.train.fit import fit
 
     env = distributed.init(cfg.run.device)
     try:
-        summary = fit(cfg, paths, dist=env)
+        summary = fit(cfg, paths, dist=env, stop=stop)
     finally:
         distributed.shutdown()
     return summary if env.is_main else None

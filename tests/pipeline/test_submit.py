@@ -1,6 +1,7 @@
 """`ddfp submit` on the real one-node cluster: every changed train stage of a fresh smoke project as
-one job array, DVC's lock and cache as a sequential `dvc repro` leaves them, a second call that
-submits nothing; `--no-wait` with a local `dvc repro` beside it; `ddfp status`; a cancelled job."""
+one job array and every changed evaluation as a second one, DVC's lock and cache as a sequential
+`dvc repro` leaves them, a second call that submits nothing; `--no-wait` with a local `dvc repro`
+beside it; `ddfp status`; a cancelled job."""
 
 import json
 import re
@@ -14,6 +15,7 @@ from tests.helpers.project import ran_stages, run, smoke_project
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 STAGES = {f"train@{split}-{method}" for split in ("8", "16") for method in ("supervised", "ddfp")}
+EVALUATIONS = {stage.replace("train@", "evaluate@") for stage in STAGES}
 
 
 def fresh_project(tmp_path, **train):
@@ -39,6 +41,12 @@ def running_tasks(seen: list[int], stop: threading.Event) -> None:
         time.sleep(0.5)
 
 
+def evaluation_records(tmp_path) -> dict[str, dict]:
+    """What each evaluation job wrote about itself beside its submitit logs, by stage."""
+    records = [json.loads(p.read_text()) for p in (tmp_path / "slurm").rglob("*_evaluation.json")]
+    return {r["stage"]: r for r in records}
+
+
 def dvc_status(dest, env) -> dict:
     return json.loads(run(["dvc", "status", "--json"], dest, env).stdout or "{}")
 
@@ -61,9 +69,15 @@ def test_submit_trains_the_changed_stages_in_parallel_and_leaves_dvc_clean(clust
     assert max(seen) >= 2  # the array's tasks ran side by side (2 CPUs, 1 per task)
     # The status table while waiting: one line per run, with its job and log.
     assert re.search(r"train@16-ddfp\s+16\s+ddfp\s+0\s+\S+ \(job \d+_\d+\)", log), log[-3000:]
-    # The rest of the pipeline ran here; the train stages did not (dvc commit recorded them).
-    assert ran_stages(out.stdout) >= {f"evaluate@{s}" for s in ("8-supervised", "8-ddfp", "16-supervised", "16-ddfp")}
-    assert not ran_stages(out.stdout) & STAGES
+    # Only the report ran here; dvc commit recorded the trainings and the evaluations.
+    assert len(re.findall(r"submitted SLURM job \d+_\d+ \(evaluate@", log)) == 4
+    assert ran_stages(out.stdout) == {"download", "splits", "weights", "report"}
+    # Each metrics file was written inside its SLURM job, and not rewritten here afterwards.
+    records = evaluation_records(tmp_path)
+    assert set(records) == EVALUATIONS
+    for stage, record in records.items():
+        assert f"submitted SLURM job {record['slurm_job_id']} ({stage})" in log, (stage, record)
+        assert (dest / record["out"]).stat().st_mtime_ns == record["out_mtime_ns"], stage
     assert json.loads((dest / "metrics" / "16" / "ddfp.json").read_text())["iterations"] == 20
     assert dvc_status(dest, env) == {}
     again = run(["ddfp", "submit"], dest, env)
@@ -91,7 +105,8 @@ def test_no_wait_then_a_local_repro_is_refused_and_submit_waits_for_the_jobs(clu
     status = run(["ddfp", "status"], dest, env).stdout
     assert sum(f"(job {job})" in status for job in jobs) == 4, status
     second = run(["ddfp", "submit"], dest, env)
-    assert "submitted SLURM job" not in second.stderr
+    assert not re.search(r"submitted SLURM job \S+ \(train@", second.stderr)  # only the evaluations are new
+    assert len(re.findall(r"submitted SLURM job \S+ \(evaluate@", second.stderr)) == 4
     assert {job for job in jobs if f"SLURM job {job} already trains" in second.stderr} | {
         job for job in jobs if f"(job {job})" in second.stderr} == jobs
     assert dvc_status(dest, env) == {}
