@@ -12,13 +12,11 @@ seeds) hang under a parent run found by a hash of that configuration; a sweep pa
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
@@ -30,28 +28,12 @@ from pipeline.tracking.identity import (GROUP_TAG, KIND_TAG, PARENT_TAG, RunInfo
 from pipeline.tracking.model_export import register_version
 from pipeline.tracking.protocol import NullTracker, Tracker
 from pipeline.tracking.spool import Spool
+from pipeline.tracking.store import store_lock
 from pipeline.tracking.system_metrics import SystemMetrics, sampling_interval
 
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 RECONNECT_S = (5.0, 300.0)  # the first wait after a failed call, and the longest (it doubles per failure)
 RUN_RECORD = "tracking_run.json"  # in the run directory: the id of the run its tracker created
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on `<db>.lock` beside a local sqlite store while it is opened (and, when
-    new, created and migrated); other stores (servers, PostgreSQL) migrate on their own terms."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class MlflowTracker:
