@@ -24,11 +24,9 @@ from ddfp.inference import predict
 from pipeline.errors import DataError
 from pipeline.figures import colorize
 from pipeline.files import write_bytes_atomic
-from pipeline.params import Config, stored_config
-from pipeline.stages.evaluate import network
+from pipeline.params import Config
 from pipeline.train.console import progress_bar
-from pipeline.train.distributed import SINGLE
-from pipeline.train.export import load_model
+from pipeline.train.export import load_network
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ALPHA = 0.5  # the prediction's weight in the overlay
@@ -70,11 +68,9 @@ def write_outputs(rgb: np.ndarray, classes: np.ndarray, out: Path, stem: str) ->
 def run_predict(cfg: Config, ckpt: Path, images: Path, out: Path) -> dict[str, Any]:
     """Predict every image of `images` into `out`; returns what was written and what was skipped."""
     files = image_files(images)
-    state = load_model(ckpt, cfg)
-    trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
-    name = state["model"]
-    device = SINGLE.device(cfg.run.device)
-    model, protocol = network(state, trained, device, ckpt).eval(), trained.eval_protocol
+    net = load_network(ckpt, cfg)
+    name, device = net.name, net.device
+    model, protocol = net.model.eval(), net.trained.eval_protocol
     skipped: dict[str, str] = {}
     with progress_bar(len(files), 0, f"predict ({name}, {protocol.mode})", True) as bar:
         for path in files:

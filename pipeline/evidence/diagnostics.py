@@ -16,10 +16,8 @@ from torch.utils.data import DataLoader
 from ddfp.data.dataset import SegDataset
 from ddfp.inference import class_scores
 from ddfp.metrics import PSEUDO_LABEL_COUNTS, pseudo_label_counts, pseudo_label_quality
-from pipeline.params import Config, replace, stored_config
-from pipeline.stages.evaluate import network
-from pipeline.train.distributed import SINGLE
-from pipeline.train.export import load_model
+from pipeline.params import Config, replace
+from pipeline.train.export import load_network
 from pipeline.train.loaders import read_split_file
 
 TRAIN_LOG_KEYS = ("confident_ratio", "nll_fit", "nll_query", "nll_after", "delta_norm", "v_norm", "loss_unsup",
@@ -46,12 +44,9 @@ def pseudo_label_diagnostics(cfg: Config, ckpt: Path, data_root: Path, split_dir
     if any(mask is None for _, mask in lines):
         return {}  # no ground truth to score against
     teacher = replace(cfg, {"eval.model": "teacher"})  # what the pseudo-labels come from, whatever is reported
-    state = load_model(ckpt, teacher)
-    trained = stored_config({**state["config"], "eval": teacher.to_dict()["eval"]})
-    spec = trained.spec
-    device = SINGLE.device(cfg.run.device)
-    name = state["model"]
-    model = network(state, trained, device, ckpt).eval()
+    net = load_network(ckpt, teacher)
+    trained, spec, device, name = net.trained, net.trained.spec, net.device, net.name
+    model = net.model.eval()
     dataset = SegDataset(data_root, lines, "val", trained.data.crop_size, trained.data.scale_range, spec.num_classes)
     background = spec.class_names.index("background") if "background" in spec.class_names else None
     counts = torch.zeros(len(PSEUDO_LABEL_COUNTS), dtype=torch.long)

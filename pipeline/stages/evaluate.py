@@ -12,17 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ddfp.config import ConfigError
 from ddfp.inference import predict
-from ddfp.methods import reported_model
-from ddfp.model.deeplab import build_model
 from pipeline import figures
 from pipeline.files import write_json_atomic
-from pipeline.params import Config, stored_config
+from pipeline.params import Config
 from pipeline.tracking.model_export import save_pytorch_model
 from pipeline.tracking.tracker import Tracker, open_tracker
-from pipeline.train.distributed import SINGLE
-from pipeline.train.export import load_model
+from pipeline.train.export import load_network
 from pipeline.train.loaders import val_loader
 from pipeline.train.validation import evaluate_models
 
@@ -40,12 +36,9 @@ def run_evaluate(cfg: Config, ckpt: Path, data_root: Path, split_dir: Path, out:
     evaluation protocol (eval.*) and tracking (tracking.*) come from the current configuration.
     Tracking first sends what the training could not (an outage), creating its run if need be.
     """
-    state = load_model(ckpt, cfg)
-    current = cfg.to_dict()
-    trained = stored_config({**state["config"], "eval": current["eval"], "tracking": current["tracking"]})
-    device = SINGLE.device(cfg.run.device)
-    reported = state["model"]
-    models = {reported: network(state, trained, device, ckpt)}
+    net = load_network(ckpt, cfg, today=("eval", "tracking"))
+    state, trained, device, reported = net.state, net.trained, net.device, net.name
+    models = {reported: net.model}
     loader = val_loader(trained, data_root, split_dir)
     results = evaluate_models(models, loader, trained, device)
     tracker = open_tracker(trained, run_dir=Path(state["run_dir"]))
@@ -76,17 +69,6 @@ def best_evaluation(evals: list[dict[str, Any]], model: str, final_miou: float, 
     the final model's. Training evaluations used the eval settings of their time."""
     scored = [(e[f"val_miou_{model}"], e["epoch"]) for e in evals if f"val_miou_{model}" in e]
     return max([*scored, (final_miou, final_epoch)], key=lambda s: s[0])
-
-
-def network(state: dict[str, Any], trained: Config, device: torch.device, path: Path) -> nn.Module:
-    """The exported network, refused when the configuration asks for the other one: the export of
-    a train stage follows eval.model, so `dvc repro` writes it again when eval.model changes."""
-    if reported_model(trained) != state["model"]:
-        raise ConfigError(f"eval.model is {trained.eval.model} but {path} holds the {state['model']}: run the "
-                          "train stage again (`dvc repro` does), or pass the run's last.pt")
-    model = build_model(trained.model, trained.spec.num_classes)
-    model.load_state_dict(state["weights"])
-    return model.to(device)
 
 
 RUN_KEYS = ("data.dataset", "profile", "train.method", "train.seed", "model.backbone", "perturb.eps",

@@ -11,27 +11,40 @@ and writes the curves beside it as JSON for DVC's plots, where experiments keep 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ddfp.config import ConfigError
 from ddfp.methods import reported_model
+from ddfp.model.deeplab import build_model
 from pipeline.errors import DataError
 from pipeline.files import atomic_write, write_json_atomic
 from pipeline.params import Config, stored_config
 from pipeline.train import checkpoint
+from pipeline.train.distributed import SINGLE
 
 MODEL = "model.pt"
 # What an export holds. run_dir: the training run's folder (its resume state and tracking spool).
 MODEL_KEYS = ("config", "model", "weights", "epoch", "iteration", "history", "evals", "run_id", "run_dir")
 
 
+def trained_config(state: dict[str, Any], cfg: Config, today: tuple[str, ...] = ("eval",)) -> Config:
+    """The configuration a run (checkpoint or export) was trained with, with cfg's sections `today`:
+    what was trained decides the network, today's evaluation protocol (and tracking, for the evaluate
+    stage) what is measured."""
+    current = cfg.to_dict()
+    return stored_config({**state["config"], **{k: current[k] for k in today}})
+
+
 def inference_state(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
     """A finished training checkpoint's export: the network cfg's eval.model reports, and the record."""
     if not state.get("done"):
         raise DataError(f"{run_dir / 'last.pt'}: training has not finished (resume it with `ddfp train`)")
-    trained = stored_config({**state["config"], "eval": cfg.to_dict()["eval"]})
+    trained = trained_config(state, cfg)
     name = reported_model(trained)
     return {"config": state["config"], "model": name, "weights": state[name], "epoch": state["epoch"],
             "iteration": state["iteration"], "history": state["history"], "evals": state["evals"],
@@ -48,6 +61,37 @@ def load_model(path: Path, cfg: Config) -> dict[str, Any]:
         return inference_state(state, cfg, path.parent)
     raise DataError(f"{path}: cannot load it (neither a model of `ddfp train --export` nor a training "
                     f"checkpoint: missing {', '.join(k for k in MODEL_KEYS if k not in state)})")
+
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """A run's reported network on its device, the configuration it was trained with (today's
+    evaluation protocol merged in) and the export it came from."""
+
+    model: nn.Module
+    trained: Config
+    state: dict[str, Any]
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.state["model"]  # teacher or student
+
+
+def load_network(path: Path, cfg: Config, today: tuple[str, ...] = ("eval",)) -> TrainedNetwork:
+    """The one way to load a trained network (evaluate, predict, diagnostics): model.pt or a finished
+    last.pt, its training configuration, the device of cfg.run.device. Refused when the configuration
+    asks for the other network: the export of a train stage follows eval.model, so `dvc repro` writes
+    it again when eval.model changes."""
+    state = load_model(path, cfg)
+    trained = trained_config(state, cfg, today)
+    if reported_model(trained) != state["model"]:
+        raise ConfigError(f"eval.model is {trained.eval.model} but {path} holds the {state['model']}: run the "
+                          "train stage again (`dvc repro` does), or pass the run's last.pt")
+    model = build_model(trained.model, trained.spec.num_classes)
+    model.load_state_dict(state["weights"])
+    device = SINGLE.device(cfg.run.device)
+    return TrainedNetwork(model.to(device), trained, state, device)
 
 
 def curves(export: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

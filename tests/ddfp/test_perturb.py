@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from ddfp.perturb import density_descending_delta, pixels_last
 from ddfp.methods import phase_at, train_step
-from ddfp.step import Phase
 from pipeline import params
 from tests.helpers.models import make_batch, make_models
 

@@ -2,7 +2,6 @@ import torch
 from torch import nn
 
 from ddfp.methods import phase_at
-from ddfp.step import Phase
 from ddfp.teacher import ema_decay, hand_off, make_teacher, update_teacher
 from pipeline import params
 from pipeline.train.learner import Learner

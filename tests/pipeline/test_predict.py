@@ -14,8 +14,8 @@ from PIL import Image
 from ddfp.data.dataset import SegDataset
 from ddfp.data.masks import voc_palette
 from ddfp.metrics import confusion_matrix
-from pipeline.stages.evaluate import network
-from pipeline.train.export import export_run, load_model
+from pipeline.train.export import load_network
+from pipeline.train.export import export_run
 from pipeline.train.fit import fit
 from pipeline.train.loaders import read_split_file
 from pipeline.train.validation import confusion
@@ -59,7 +59,7 @@ def test_predict_writes_the_evaluation_s_predictions_and_skips_unreadable_images
         ours += confusion_matrix(classes[None], sample["mask"][None], n)
         overlay = Image.open(tmp_path / "out" / f"{image.rsplit('/', 1)[-1].rsplit('.', 1)[0]}_overlay.png")
         assert overlay.mode == "RGB" and overlay.size == png.size
-    teacher = network(load_model(ckpt, cfg), cfg, torch.device("cpu"), ckpt)
+    teacher = load_network(ckpt, cfg).model
     loader = torch.utils.data.DataLoader(dataset, batch_size=1)
     assert torch.equal(ours, confusion(teacher, loader, cfg, torch.device("cpu")))
     assert not (tmp_path / "out" / "notes.png").exists()

@@ -8,7 +8,6 @@ import torch
 
 from ddfp.schedule import flow_lr, poly_lr
 from ddfp.methods import phase_at
-from ddfp.step import Phase
 from pipeline.evidence.bench import random_batch
 from pipeline.train.fit import FitSummary, Interrupted, fit
 from pipeline.train.learner import Learner
