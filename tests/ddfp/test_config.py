@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from ddfp.config import ConfigError
+from ddfp.config import ConfigError, flatten
 from pipeline import params
 
 
@@ -44,8 +44,12 @@ def test_overrides_parse_yaml_scalars_and_reject_garbage():
 
 def test_params_yaml_is_the_demo_profile():
     with open("params.yaml") as fh:
-        on_disk = params.from_mapping(yaml.safe_load(fh))
-    assert on_disk == params.load(profile="demo")
+        raw = yaml.safe_load(fh)
+    demo = params.load(profile="demo")
+    assert params.from_mapping(raw) == demo
+    # Every key written out: DVC reads the train stage's params from this file, not from the schema's
+    # defaults, and refuses to run or commit a stage whose param is missing.
+    assert set(flatten(raw)) == set(demo.flat())
 
 
 def test_profiles_resolve_and_smoke_extends_demo():
