@@ -86,6 +86,8 @@ def weak_strong_step(models: Models, batch: Batch, phase: Phase, cfg: MethodConf
                      weights: WeakToStrong) -> StepOutput:
     """One iteration of FixMatch (one strong view, fp 0) or UniMatch (two strong views, fp > 0)."""
     student, b, size = models.student, batch.img_x.shape[0], batch.img_x.shape[-2:]
+    if len(batch.strong) < weights.views:
+        raise ValueError(f"the step needs {weights.views} strong views per image, the batch has {len(batch.strong)}")
     with record_function("ddfp.teacher"):
         mix = mixing_targets(student, batch)
         strong, boxes = [], []
