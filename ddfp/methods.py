@@ -38,6 +38,9 @@ class MethodSpec:
     fits_flow: bool  # trains the density estimator
     step: StepFn | None  # its semi-supervised phase (None: it has none)
     source: str  # the released code it follows
+    # Its unlabelled loss weights and mixing boxes are the released code's constants, so loss.unsup,
+    # loss.warmup_unsup, loss.perturb and train.cutmix_prob do not reach it.
+    released_weights: bool = False
 
     @property
     def semi(self) -> bool:
@@ -54,9 +57,9 @@ METHODS: dict[str, MethodSpec] = {
     "mean_teacher": MethodSpec("ema_teacher", 1, "none", False, False, semi_step,
                                "DDFP's step without flow and perturbation"),
     "fixmatch": MethodSpec("self", FIXMATCH.views, "none", False, False, partial(weak_strong_step, weights=FIXMATCH),
-                           "LiheYoung/UniMatch fixmatch.py"),
+                           "LiheYoung/UniMatch fixmatch.py", released_weights=True),
     "unimatch": MethodSpec("self", UNIMATCH.views, "backbone_dropout", False, False, partial(weak_strong_step, weights=UNIMATCH),
-                           "LiheYoung/UniMatch unimatch.py"),
+                           "LiheYoung/UniMatch unimatch.py", released_weights=True),
     "ddfp": MethodSpec("ema_teacher", 1, "offset", True, True, semi_step, "Gavinwxy/DDFP"),
 }
 if set(METHODS) != set(get_args(Method)):
@@ -65,6 +68,26 @@ if set(METHODS) != set(get_args(Method)):
 
 def method_spec(cfg: MethodConfig) -> MethodSpec:
     return METHODS[cfg.train.method]
+
+
+def unread_keys(spec: MethodSpec) -> frozenset[str]:
+    """The config sections and dotted keys a method's training and scoring never read, so that a run
+    of it is the same run whatever they hold (a resume, a record, a sweep's fingerprint and the
+    tracking identity ignore them): the teacher's keys without an EMA teacher, the flow's without a
+    flow, the perturbation's without DDFP's shift, the semi-supervised schedule and losses without
+    a semi-supervised phase."""
+    keys: set[str] = set()
+    if spec.pseudo_labels != "ema_teacher":
+        keys |= {"teacher", "eval.model"}
+    if not spec.fits_flow:
+        keys |= {"flow", "train.flow_start_epoch"}
+    if spec.perturbation != "offset":
+        keys |= {"perturb", "train.perturb_start_epoch", "loss.unsup", "loss.perturb"}
+    if spec.released_weights:
+        keys |= {"loss.warmup_unsup", "train.cutmix_prob"}
+    if not spec.semi:
+        keys |= {"loss.warmup_unsup", "train.cutmix_prob", "train.conf_thresh", "train.sup_only_epochs"}
+    return frozenset(keys)
 
 
 def phase_at(epoch: int, cfg: MethodConfig) -> Phase:
@@ -99,4 +122,4 @@ def reported_model(cfg: MethodConfig, evaluated: Collection[str] = ("student", "
     return cfg.eval.model
 
 
-__all__ = ["METHODS", "MethodSpec", "method_spec", "phase_at", "reported_model", "train_step"]
+__all__ = ["METHODS", "MethodSpec", "method_spec", "phase_at", "reported_model", "train_step", "unread_keys"]

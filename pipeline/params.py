@@ -97,13 +97,21 @@ class Config(MethodConfig):
         return split
 
     def training_values(self) -> dict[str, Any]:
-        """The dotted values that can change a run's trained weights (secrets redacted, as stored)."""
-        return {k: v for k, v in redact_values(self.flat()).items() if not k.startswith(NOT_TRAINING)}
+        """The dotted values that can change a run's trained weights (secrets redacted, as stored),
+        without the ones train.method never reads (a supervised run is the same run at any eps)."""
+        return {k: v for k, v in redact_values(self.flat()).items()
+                if not k.startswith(NOT_TRAINING) and not self._unread(k)}
 
     def result_values(self) -> dict[str, Any]:
         """The dotted values a trained run's scores depend on: its training values and SCORING."""
         flat = self.flat()
-        return {**self.training_values(), **{k: flat[k] for k in SCORING}}
+        return {**self.training_values(), **{k: flat[k] for k in SCORING if not self._unread(k)}}
+
+    def _unread(self, key: str) -> bool:
+        from ddfp.methods import METHODS, unread_keys  # imports torch: only when a run's values are asked
+
+        unread = unread_keys(METHODS[self.train.method])
+        return any(key == k or key.startswith(k + ".") for k in unread)
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from pipeline.errors import DataError, JobError, UsageError
-from pipeline.params import Config, from_mapping
+from pipeline.params import Config, from_mapping, replace
 from pipeline.secrets import redact
 from pipeline.train.trainer import RunPaths
 
@@ -161,7 +161,9 @@ def plan_trainings(cfg: Config, root: Path, invocation: Invocation, launcher: La
     configs, runs, exports = {}, {}, {}
     for stage, argv in zip(todo, stage_argv(root, [items[stage] for stage in todo], TRAIN_STAGE)):
         stage_cfg, args = invocation(argv)
-        check_no_overrides(cfg.training_values(), stage_cfg.training_values(), stage)
+        # The same method on both sides: the values a run depends on are its method's (Config.training_values).
+        ours = replace(cfg, {"train.method": stage_cfg.train.method}).training_values()
+        check_no_overrides(ours, stage_cfg.training_values(), stage)
         if not configs and launcher.stage_launcher not in (None, stage_cfg.run.launcher):
             print(f"note: run.launcher is {stage_cfg.run.launcher} in params.yaml, so a plain `dvc repro` here "
                   f"would train on this machine; on a login node set it to {launcher.stage_launcher}",
