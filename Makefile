@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Stages call `ddfp`, so the venv's bin goes first on PATH. The demo's stages run as DEMO_JOBS local
-# workers (`ddfp submit --local`; DVC ends as after `dvc repro`): one per GPU, or two one-thread
-# workers without a GPU, which finish the demo 1.33x sooner than one two-thread `dvc repro` on 2 cores.
-DEMO_JOBS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
+# Stages call `ddfp`, so the venv's bin goes first on PATH. The demo's stages (and the ablation's runs)
+# go to JOBS local workers (`ddfp submit --local`; DVC ends as after `dvc repro`): one per GPU, or two
+# one-thread workers without a GPU, which finish the demo 1.33x sooner than one two-thread `dvc repro`
+# on 2 cores.
+JOBS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
 demo: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ddfp submit --local -j $(DEMO_JOBS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/ddfp submit --local -j $(JOBS)
 	$(VENV)/bin/ddfp summary
 
 # The Debian packages of the SLURM, browser and PostgreSQL tests, installed when this runs as root
@@ -39,13 +40,13 @@ test-fast: setup
 bench: setup
 	$(VENV)/bin/ddfp bench step --json
 
-# Every arm at the smallest split (seeds 0-4), the main methods on the other splits (seeds 0-2) ->
+# Every arm at the smallest split (seeds 0-7), the main methods on the other splits (seeds 0-2) ->
 # reports/ablation.*. Each finished run's record is committed as it lands, so a rerun in any clone
 # trains only what is missing (ABLATION_ARGS= to leave git alone).
 ABLATION_ARGS ?= --commit
 ablation: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro download splits weights
-	$(VENV)/bin/ddfp ablation $(ABLATION_ARGS)
+	$(VENV)/bin/ddfp ablation -j $(JOBS) $(ABLATION_ARGS)
 
 clean:
 	rm -rf data runs metrics reports/results.md

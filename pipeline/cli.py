@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pipeline import params
 from pipeline.cli_args import LAYOUT, config_args, load_config
-from pipeline.errors import EXIT_INTERRUPTED, exit_code_help, failure
-from pipeline.evidence.arms import ARMS
+from pipeline.errors import EXIT_INTERRUPTED, UsageError, exit_code_help, failure
+from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.params import Config
 from pipeline.secrets import redact
 from pipeline.stages.inputs import INPUTS_RULE
@@ -145,8 +145,15 @@ def cmd_ablation(args: argparse.Namespace) -> None:
     seeds, curve_seeds = ([int(x) for x in v.split(",") if x.strip()] for v in (args.seeds, args.curve_seeds))
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     inputs = resolve_inputs(cfg, cfg.data.splits, data=args.data, splits_dir=args.splits_dir, weights=args.weights)
+    seeds_of = {}
+    for item in args.seeds_of:
+        arm, _, listed = item.partition("=")
+        if not listed or not all(x.strip().isdigit() for x in listed.split(",")):
+            raise UsageError(f"--seeds-of {item!r}: expected ARM=SEED,SEED,... (e.g. fixmatch=0,1,2,3,4)")
+        seeds_of[arm.strip()] = [int(x) for x in listed.split(",")]
     result = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, arms,
-                          curve_seeds, commit=args.commit)
+                          curve_seeds, commit=args.commit, jobs=args.jobs, seeds_of=seeds_of,
+                          curve_arms=[a.strip() for a in args.curve_arms.split(",") if a.strip()])
     print(json.dumps(result["miou"], indent=2))
     print(result["provenance"])
 
@@ -244,11 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=LAYOUT["runs"] / "ablation", help="one run directory per arm/split/seed")
     p.add_argument("--out", type=Path, default=LAYOUT["reports"],
                    help="ablation.json, .md, .png and the per-run records ablation_runs/<arm>/<split>/seed<k>.json")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="train.seed values of every arm at the smallest split")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="train.seed values of every arm at the smallest split")
     p.add_argument("--curve-seeds", default="0,1,2", help="train.seed values of the main methods at the other splits")
+    p.add_argument("--curve-arms", default=",".join(CURVE_ARMS), help="comma list of the arms of the label curve")
+    p.add_argument("--seeds-of", action="append", default=[], metavar="ARM=SEEDS",
+                   help="an arm's own seeds at the smallest split instead of --seeds (repeatable)")
     p.add_argument("--arms", "--methods", dest="arms",
                    default=",".join(ARMS), help="comma list of arms")
     p.add_argument("--commit", action="store_true", help="git-commit each run's record as it lands (resume elsewhere)")
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="train the missing runs in N local worker processes (one GPU each, or cores/N threads each)")
     p = sub.add_parser("sensitivity", help="gather benchmarks/sensitivity.sh's runs into reports/sensitivity.*")
     p.add_argument("--split", required=True, help="the split the runs trained on")
     p.add_argument("--runs", type=Path, required=True, help="one ablation work dir per setting")

@@ -4,8 +4,9 @@ Arms (ARMS): every method of the method table (supervised, mean teacher, FixMatc
 DDFP's three controls of the density direction (eps = 0: the same network, BN routing and loss weights
 with no perturbation; a random direction of the same per-pixel norm; UniMatch's feature dropout in
 the perturbation's place), and supervised training on every training image of the smallest split.
-The plan: every arm at the smallest split with `seeds`, the methods on the other splits with
-`curve_seeds` (the label curve); seeds are given up front, never chosen after the results.
+The plan: every arm at the smallest split with `seeds` (or its own list, `seeds_of`), the methods on
+the other splits with `curve_seeds` (the label curve); seeds are given up front, never chosen after
+the results.
 
 Each finished run leaves a small record, `<out>/ablation_runs/<arm>/<split>/seed<k>.json` (its mIoU,
 per-class IoU, the config values it was trained with, the code digest, diagnostics), meant to be
@@ -22,16 +23,20 @@ A rerun waits for the tasks still queued and submits none of them again.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import subprocess
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, JobError, UsageError
 from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.evidence.diagnostics import pseudo_label_diagnostics, train_log_diagnostics
 from pipeline.files import write_json_atomic, write_text_atomic
+from pipeline.local_pool import usable_cores, visible_gpus, worker_slots
 from pipeline.params import Config, from_mapping, replace
 from pipeline.slurm import TrainJob, train_on_slurm
 from pipeline.stages.evaluate import run_evaluate
@@ -54,13 +59,17 @@ def smallest_split(splits: list[str]) -> str:
     return min(splits, key=lambda s: labels_of(s, splits))
 
 
-def plan(splits: list[str], arms: list[str], seeds: list[int], curve_seeds: list[int]) -> list[Cell]:
-    """The smallest split first, seed by seed (an interrupted ablation leaves complete pairs), then the curve."""
-    first = smallest_split(splits)
-    cells = [Cell(arm, first, seed) for seed in seeds for arm in arms]
+def plan(splits: list[str], arms: list[str], seeds: list[int], curve_seeds: list[int],
+         seeds_of: Mapping[str, Sequence[int]] | None = None, curve_arms: Sequence[str] = CURVE_ARMS) -> list[Cell]:
+    """The smallest split first, seed by seed (an interrupted ablation leaves complete pairs), then the
+    curve. seeds_of: arms that train other seeds than `seeds` at the smallest split, and curve_arms
+    the arms of the curve (a budget that cannot hold every run keeps them for what the goals compare)."""
+    first, seeds_of = smallest_split(splits), seeds_of or {}
+    order = list(dict.fromkeys([*seeds, *(s for arm_seeds in seeds_of.values() for s in arm_seeds)]))
+    cells = [Cell(arm, first, seed) for seed in order for arm in arms if seed in seeds_of.get(arm, seeds)]
     others = sorted((s for s in splits if s != first), key=lambda s: labels_of(s, splits))
     return cells + [Cell(arm, split, seed) for split in others for seed in curve_seeds
-                    for arm in arms if arm in CURVE_ARMS]
+                    for arm in arms if arm in curve_arms]
 
 
 def arm_config(cfg: Config, cell: Cell) -> Config:
@@ -182,6 +191,59 @@ def train_cells_on_slurm(cfg: Config, cells: list[Cell], split_dirs: dict[Cell, 
     train_on_slurm(cfg, runs, configs, job=CellJob(work, out))
 
 
+def _take_slot(slots: "multiprocessing.Queue[dict[str, str]]") -> None:
+    # A pool worker's own GPU and share of the cores (local_pool.worker_slots), set before it
+    # touches CUDA; torch is already imported here, so its thread count is set directly too.
+    import torch
+
+    slot = slots.get()
+    os.environ.update(slot)
+    torch.set_num_threads(int(slot["OMP_NUM_THREADS"]))
+
+
+def _pool_cell(config: dict[str, Any], cell: Cell, split_dir: Path, data_root: Path, weights: Path | None,
+               work: Path) -> dict[str, Any]:
+    record = train_cell(from_mapping(config), cell, data_root, split_dir, weights, work, progress=False)
+    assert record is not None  # one process: the main one
+    return record
+
+
+def train_cells_in_pool(cfg: Config, cells: list[Cell], split_dirs: dict[Cell, Path], data_root: Path,
+                        weights: Path | None, work: Path, out: Path, jobs: int, commit: bool) -> None:
+    """Train the cells in `jobs` worker processes (one GPU each, or cores / jobs threads each: two
+    one-thread processes do more work on 2 cores than one two-thread process on these small
+    tensors), in plan order. This process writes (and commits) each record as its cell ends, so git
+    is only ever called from here; a failed cell does not stop the others, and all failures are
+    raised together at the end."""
+    if not cells:
+        return
+    slots = worker_slots(jobs, visible_gpus(), usable_cores())
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch or CUDA state
+    queue = ctx.Queue()
+    for slot in slots:
+        queue.put(slot)
+    errors = []
+    with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_take_slot, initargs=(queue,)) as pool:
+        futures = {pool.submit(_pool_cell, arm_config(cfg, c).to_dict(), c, split_dirs[c], data_root, weights,
+                               work): c for c in cells}
+        for future in as_completed(futures):
+            cell = futures[future]
+            name = f"{cell.arm}/{cell.split}/seed{cell.seed}"
+            try:
+                record = future.result()
+            except Exception as err:  # noqa: BLE001 - every cell's failure is reported, none stops the rest
+                errors.append(f"{name}: {type(err).__name__}: {err}")
+                continue
+            path = record_path(out, cell)
+            write_json_atomic(record, path)
+            print(f"ablation: {name} val mIoU {record['val_miou']:.2f}", flush=True)
+            if commit:
+                commit_records([path], f"ablation: {name}")
+    if errors:
+        raise JobError(f"{len(errors)} of {len(cells)} ablation runs failed (the others are recorded):\n  "
+                       + "\n  ".join(errors))
+
+
 def commit_records(paths: list[Path], message: str) -> None:
     """Commit these files, if they changed, and nothing else (git commit --only: whatever else is
     staged stays staged and uncommitted)."""
@@ -209,14 +271,19 @@ def _check_commit(out: Path) -> None:
 
 def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path | None, work: Path, out: Path,
                  seeds: Sequence[int], arms: Sequence[str], curve_seeds: Sequence[int] = (0, 1, 2),
-                 progress: bool = True, commit: bool = False) -> dict[str, Any]:
-    """Every planned cell's record (read, or trained and written), then the outputs."""
-    unknown = set(arms) - set(ARMS)
+                 progress: bool = True, commit: bool = False, jobs: int = 1,
+                 seeds_of: Mapping[str, Sequence[int]] | None = None,
+                 curve_arms: Sequence[str] = CURVE_ARMS) -> dict[str, Any]:
+    """Every planned cell's record (read, or trained and written), then the outputs. jobs > 1: the
+    missing cells train in that many local worker processes (train_cells_in_pool)."""
+    unknown = (set(arms) | set(seeds_of or {}) | set(curve_arms)) - set(ARMS)
     if unknown:
         raise ValueError(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if jobs < 1:
+        raise UsageError(f"-j {jobs}: the number of worker processes must be at least 1")
     if commit:
         _check_commit(out)
-    cells = plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds))
+    cells = plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds), seeds_of, curve_arms)
     if cfg.run.launcher == "slurm":
         todo = [c for c in cells if read_record(record_path(out, c), arm_config(cfg, c)) is None]
         try:
@@ -225,6 +292,10 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
         finally:  # what finished is recorded, and committed, even when another cell's job failed
             if commit and todo:
                 commit_records([p for c in todo if (p := record_path(out, c)).is_file()], "ablation: records")
+    elif jobs > 1:
+        todo = [c for c in cells if read_record(record_path(out, c), arm_config(cfg, c)) is None]
+        train_cells_in_pool(cfg, todo, {c: cell_split_dir(c, splits_dir, work) for c in todo}, data_root, weights,
+                            work, out, jobs, commit)
     records, paths = [], []
     for cell in cells:
         run_cfg, path = arm_config(cfg, cell), record_path(out, cell)

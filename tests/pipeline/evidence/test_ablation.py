@@ -45,6 +45,25 @@ def test_plan_is_every_arm_at_the_smallest_split_and_the_main_methods_on_the_cur
     assert cells[:9] == [Cell(a, "8", 0) for a in ARMS]  # seed by seed: an interrupted run leaves whole pairs
 
 
+def test_arms_with_seeds_of_their_own_train_those_seeds_in_the_same_seed_by_seed_order():
+    cells = plan(["16", "8"], ["supervised", "fixmatch", "ddfp"], [0, 1, 2], [0], {"fixmatch": [0, 1]})
+    at8 = [(c.arm, c.seed) for c in cells if c.split == "8"]
+    assert at8 == [("supervised", 0), ("fixmatch", 0), ("ddfp", 0), ("supervised", 1), ("fixmatch", 1), ("ddfp", 1),
+                   ("supervised", 2), ("ddfp", 2)]
+    assert {c.arm for c in cells if c.split == "16"} == {"supervised", "fixmatch", "ddfp"}  # the curve is its own
+    curve = plan(["16", "8"], ["supervised", "fixmatch", "ddfp"], [0], [0, 1], curve_arms=["supervised", "ddfp"])
+    assert [(c.arm, c.seed) for c in curve if c.split == "16"] == [("supervised", 0), ("ddfp", 0), ("supervised", 1),
+                                                                   ("ddfp", 1)]
+
+
+def test_seeds_of_must_name_an_arm_and_seeds(tmp_path):
+    with pytest.raises(ValueError, match="unknown \\['cps'\\]"):
+        run_ablation(smoke(), tmp_path, tmp_path, None, tmp_path, tmp_path, [0], ["ddfp"], seeds_of={"cps": [0]})
+    run = subprocess.run([DDFP, "ablation", "--profile", "smoke", "--seeds-of", "fixmatch=0,x"], capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and "--seeds-of 'fixmatch=0,x': expected ARM=SEED,SEED" in run.stderr
+
+
 def test_each_arm_changes_only_its_own_values():
     cfg = smoke()
     flat = {arm: arm_config(cfg, Cell(arm, "8", 3)).flat() for arm in ARMS}
@@ -85,7 +104,10 @@ def test_goal_rows_ask_the_interval_above_zero_where_the_goal_does():
     assert rows["DDFP - mean_teacher"]["verdict"] == "met"
     assert rows["DDFP - mean_teacher"]["95% CI"] == "[+1.04, +4.96]"
     assert rows["DDFP - ddfp_eps0"]["verdict"] == "NOT met"
-    assert rows["DDFP - ddfp_random"]["verdict"] == "NOT met" and rows["DDFP - ddfp_random"]["n"] == 0
+    assert rows["DDFP - ddfp_random"]["verdict"] == "no pairs yet" and rows["DDFP - ddfp_random"]["n"] == 0
+    assert rows["DDFP - ddfp_random"]["mean"] == "-"  # not "+nan"
+    # Mean teacher over supervised: +9 on every seed, so the interval is a point above 0 (its goal: +5, CI above 0).
+    assert rows["mean_teacher - supervised"]["verdict"] == "met" and rows["mean_teacher - supervised"]["mean"] == "+9.00"
 
 
 def test_every_split_gets_the_paired_differences_of_the_main_methods():
@@ -241,6 +263,24 @@ def test_every_arm_trains_once_and_writes_its_record(tiny_data, tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in (out / "ablation_runs").rglob("*.json")}
     assert run_ablation(*args, curve_seeds=[], progress=False)["miou"] == result["miou"]  # nothing retrained
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / "ablation_runs").rglob("*.json")}
+
+
+@pytest.mark.slow
+def test_parallel_workers_record_and_commit_each_run_as_it_ends(tiny_data, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (("init", "-q"), ("config", "user.name", "t"), ("config", "user.email", "t@t")):
+        _git(repo, *args)
+    cfg = params.replace(tiny_cfg(**{"train.max_iters": 2}), {"data.splits": ["8"]})
+    arms = ["supervised", "ddfp"]
+    result = run_ablation(cfg, tiny_data / "dataset", tiny_data / "splits", None, tmp_path / "work", repo / "reports",
+                          [0, 1], arms, curve_seeds=[], progress=False, commit=True, jobs=2)
+    cells = plan(["8"], arms, [0, 1], [])
+    assert sorted(_git(repo, "log", "--format=%s").strip().split("\n")) == sorted(
+        f"ablation: {c.arm}/8/seed{c.seed}" for c in cells)  # one commit per run, made by this process
+    for c in cells:
+        record = json.loads(record_path(repo / "reports", c).read_text())
+        assert record["iterations"] == 2 and result["miou"][c.arm]["8"][str(c.seed)] == record["val_miou"]
 
 
 def test_cli_reads_the_records_and_names_other_code(tmp_path):
