@@ -286,10 +286,11 @@ def test_an_experiment_in_a_temporary_copy_trains_what_changed_and_keeps_its_cur
     # experiment starts from the last commit; an uncached output not in it is missing there).
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"]):
         run(cmd, dest, env)
-    out = run(["dvc", "exp", "run", "--temp", "-n", "eps2", "-S", "perturb.eps=2.0"], dest, env)
-    # The matrix's train stages all read the perturb section, so the baseline's stages run too.
+    # One target (and what it depends on): every matrix train stage reads the perturb section, and
+    # eight smoke trainings would add minutes without testing more.
+    out = run(["dvc", "exp", "run", "--temp", "-n", "eps2", "-S", "perturb.eps=2.0", "evaluate@8-ddfp"], dest, env)
     ran = ran_stages(out.stdout)
-    assert {"train@8-ddfp", "train@16-ddfp", "evaluate@8-ddfp", "evaluate@16-ddfp", "report"} <= ran, out.stdout
+    assert ran == {"train@8-ddfp", "evaluate@8-ddfp"}, out.stdout
     assert not ran & DATA_STAGES  # checked out from the cache
     assert "eps: 4.0" in (dest / "params.yaml").read_text()  # the workspace is left as it was
     shown = json.loads(run(["dvc", "exp", "show", "--json"], dest, env).stdout)
