@@ -96,10 +96,17 @@ class LocalPool:
 
     def train(self, cfg: Config, runs: dict, configs: dict, block: bool,
               on_poll: Callable[[], None] | None) -> dict[str, Any]:
-        """Train each run in a worker; the runs' own config, on the local launcher (one process)."""
+        """Train each run in a worker; the runs' own config, on the local launcher (one process). The
+        longest first: a semi-supervised training takes 2-3x a supervised one, and with the short
+        ones last the workers end together (in DVC's order the demo's two DDFP runs shared one of
+        two workers: 900 s instead of 660 s)."""
+        from ddfp.methods import method_spec  # imports torch: only when there is training to do
+
+        own = {label: configs.get(label, cfg) for label in runs}
+        order = sorted(runs, key=lambda label: not method_spec(own[label]).semi)  # stable: DVC's order within
         tasks = [Task(label, {"kind": "train", "paths": absolute(p.data_root, p.split_dir, p.out_dir, p.weights),
-                              "config": replace(configs.get(label, cfg), {"run.launcher": "local"}).to_dict()})
-                 for label, p in runs.items()]
+                              "config": replace(own[label], {"run.launcher": "local"}).to_dict()})
+                 for label, p in ((label, runs[label]) for label in order)]
         return self.run(tasks, on_poll)
 
     def evaluate(self, cfg: Config, evals: dict, configs: dict, on_poll: Callable[[], None] | None) -> dict[str, Any]:

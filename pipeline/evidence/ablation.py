@@ -238,7 +238,7 @@ def train_cells_in_pool(cfg: Config, cells: list[Cell], split_dirs: dict[Cell, P
             write_json_atomic(record, path)
             print(f"ablation: {name} val mIoU {record['val_miou']:.2f}", flush=True)
             if commit:
-                commit_records([path], f"ablation: {name}")
+                try_commit([path], f"ablation: {name}")
     if errors:
         raise JobError(f"{len(errors)} of {len(cells)} ablation runs failed (the others are recorded):\n  "
                        + "\n  ".join(errors))
@@ -253,6 +253,15 @@ def commit_records(paths: list[Path], message: str) -> None:
         return
     _git(cwd, "add", "--", *names)
     _git(cwd, "commit", "-q", "--only", "-m", message, "--", *names)
+
+
+def try_commit(paths: list[Path], message: str) -> None:
+    """commit_records, where a failure (another git process holding the index) costs no training: the
+    record stays on disk, and the ablation's last step commits every record still uncommitted."""
+    try:
+        commit_records(paths, message)
+    except DataError as err:
+        print(f"ablation: not committed yet ({err}); committed at the end", flush=True)
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -308,7 +317,7 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
             assert record is not None  # one process: the main one
             write_json_atomic(record, path)
             if commit:
-                commit_records([path], f"ablation: {cell.arm}/{cell.split}/seed{cell.seed}")
+                try_commit([path], f"ablation: {cell.arm}/{cell.split}/seed{cell.seed}")
         records.append(record)
         paths.append(path)
     if commit and paths:  # records of an earlier run whose commit failed (another git process held the index)

@@ -30,6 +30,22 @@ def test_without_gpus_the_workers_split_the_cores():
     assert len(worker_slots(None, [], 8)) == 1
 
 
+def test_semi_supervised_trainings_start_first_so_the_workers_end_together(monkeypatch, smoke_cfg):
+    from pathlib import Path
+
+    from pipeline.local_pool import LocalPool
+    from pipeline.params import replace
+    from pipeline.train.trainer import RunPaths
+
+    labels = ["train@16-supervised", "train@16-ddfp", "train@64-supervised", "train@64-fixmatch"]
+    runs = {label: RunPaths(Path("d"), Path("s"), Path(label), None) for label in labels}
+    configs = {label: replace(smoke_cfg, {"train.method": label.split("-")[1]}) for label in labels}
+    started = []
+    monkeypatch.setattr(LocalPool, "run", lambda self, tasks, on_poll=None: started.extend(t.label for t in tasks))
+    LocalPool(2).train(smoke_cfg, runs, configs, True, None)
+    assert started == ["train@16-ddfp", "train@64-fixmatch", "train@16-supervised", "train@64-supervised"]
+
+
 def test_more_workers_than_gpus_is_refused():
     with pytest.raises(UsageError, match=r"-j 3: .*2 GPU\(s\)"):
         worker_slots(3, ["0", "1"], 8)

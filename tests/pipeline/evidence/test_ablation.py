@@ -228,6 +228,24 @@ def test_records_left_uncommitted_by_an_earlier_run_are_committed(tmp_path):
     assert not _git(repo, "status", "--porcelain", "reports/ablation_runs").strip()
 
 
+def test_a_commit_blocked_by_another_git_process_costs_no_run(tmp_path, capsys):
+    from pipeline.evidence.ablation import try_commit
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (("init", "-q"), ("config", "user.name", "t"), ("config", "user.email", "t@t")):
+        _git(repo, *args)
+    record = repo / "reports" / "ablation_runs" / "ddfp" / "8" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    (repo / ".git" / "index.lock").write_text("")  # what a concurrent `git add` holds
+    try_commit([record], "ablation: ddfp/8/seed0")  # no exception: the run's record is kept
+    assert "committed at the end" in capsys.readouterr().out and record.is_file()
+    (repo / ".git" / "index.lock").unlink()
+    commit_records([record], "ablation: records")
+    assert _git(repo, "log", "--format=%s").strip() == "ablation: records"
+
+
 def test_commit_outside_a_git_work_tree_is_refused_before_training(tmp_path):
     from pipeline.errors import UsageError
 
