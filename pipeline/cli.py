@@ -153,7 +153,8 @@ def cmd_ablation(args: argparse.Namespace) -> None:
         seeds_of[arm.strip()] = [int(x) for x in listed.split(",")]
     result = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, arms,
                           curve_seeds, commit=args.commit, jobs=args.jobs, seeds_of=seeds_of,
-                          curve_arms=[a.strip() for a in args.curve_arms.split(",") if a.strip()])
+                          curve_arms=[a.strip() for a in args.curve_arms.split(",") if a.strip()],
+                          report_only=args.report_only)
     print(json.dumps(result["miou"], indent=2))
     print(result["provenance"])
 
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", "--methods", dest="arms",
                    default=",".join(ARMS), help="comma list of arms")
     p.add_argument("--commit", action="store_true", help="git-commit each run's record as it lands (resume elsewhere)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the reports from the records there are; train nothing (an ablation under way)")
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="train the missing runs in N local worker processes (one GPU each, or cores/N threads each)")
     p = sub.add_parser("sensitivity", help="gather benchmarks/sensitivity.sh's runs into reports/sensitivity.*")

@@ -282,9 +282,11 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
                  seeds: Sequence[int], arms: Sequence[str], curve_seeds: Sequence[int] = (0, 1, 2),
                  progress: bool = True, commit: bool = False, jobs: int = 1,
                  seeds_of: Mapping[str, Sequence[int]] | None = None,
-                 curve_arms: Sequence[str] = CURVE_ARMS) -> dict[str, Any]:
+                 curve_arms: Sequence[str] = CURVE_ARMS, report_only: bool = False) -> dict[str, Any]:
     """Every planned cell's record (read, or trained and written), then the outputs. jobs > 1: the
-    missing cells train in that many local worker processes (train_cells_in_pool)."""
+    missing cells train in that many local worker processes (train_cells_in_pool). report_only: the
+    outputs of the records there are, training nothing (an ablation still under way elsewhere); the
+    report says how many planned runs it lacks."""
     unknown = (set(arms) | set(seeds_of or {}) | set(curve_arms)) - set(ARMS)
     if unknown:
         raise ValueError(f"--arms: unknown {sorted(unknown)}; known: {', '.join(ARMS)}")
@@ -293,6 +295,11 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
     if commit:
         _check_commit(out)
     cells = plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds), seeds_of, curve_arms)
+    if report_only:
+        found = [(r, record_path(out, c)) for c in cells if (r := read_record(record_path(out, c), arm_config(cfg, c)))]
+        if not found:
+            raise DataError(f"{out / 'ablation_runs'}: no record of this plan yet; nothing to report")
+        return write_outputs(cfg, [r for r, _ in found], out, code_digest(), planned=len(cells))
     if cfg.run.launcher == "slurm":
         todo = [c for c in cells if read_record(record_path(out, c), arm_config(cfg, c)) is None]
         try:
@@ -322,4 +329,4 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
         paths.append(path)
     if commit and paths:  # records of an earlier run whose commit failed (another git process held the index)
         commit_records(paths, "ablation: records")
-    return write_outputs(cfg, records, out, code_digest())
+    return write_outputs(cfg, records, out, code_digest(), planned=len(cells))

@@ -166,9 +166,11 @@ def _diagnostics(frame: pd.DataFrame) -> str:
     return numeric_markdown(values.groupby(["arm", "split"], sort=False).mean().reset_index())
 
 
-def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest: str) -> dict[str, Any]:
-    """ablation.json ({arm: {split: {seed: mIoU}}}), ablation.md and ablation.png; returns the JSON's
-    content and the provenance line."""
+def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest: str,
+                  planned: int | None = None) -> dict[str, Any]:
+    """ablation.json ({arm: {split: {seed: mIoU}}}), ablation.md, ablation.png and ablation_goals.md
+    (the goals table alone, which the README puts beside the one-seed demo); returns the JSON's
+    content and the provenance line. planned: the runs of the plan, when some have no record yet."""
     frame = pd.DataFrame(records)
     arms = list(dict.fromkeys(frame["arm"]))
     miou = {a: {s: {str(r.seed): r.val_miou for r in g.itertuples()} for s, g in frame[frame.arm == a].groupby("split")}
@@ -178,6 +180,9 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
     at = frame[frame.split == smallest]
     per_arm = {a: dict(zip(g["seed"], g["val_miou"])) for a, g in at.groupby("arm")}
     line = provenance(records, digest)
+    if planned is not None and planned > len(records):
+        line = (f"**Under way: {len(records)} of the plan's {planned} runs are recorded**; every table below "
+                f"holds those only. {line}")
     ref = summary[(summary.arm == "all_labels") & (summary.split == smallest)]
     reference = ("all_labels (every training image)", float(ref["mean"].iloc[0])) if len(ref) else None
     title = f"ablation: {cfg.data.dataset}, {cfg.model.backbone} ({cfg.profile} profile)"
@@ -209,4 +214,10 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
         "![mIoU vs labels](ablation.png)", "",
     ])
     write_text_atomic(out / "ablation.md", text)
+    goals = pd.DataFrame(goal_rows(per_arm)).to_markdown(index=False, disable_numparse=True)
+    write_text_atomic(out / "ablation_goals.md", "\n".join([
+        "# Ablation goals", "",
+        f"The ablation's paired differences at {smallest} labels (val mIoU points; seed k of each arm "
+        "shares its initialisation and data order; 95 % t-interval; sd of the paired differences). "
+        f"Full report: ablation.md. {line}", "", goals, ""]))
     return {"miou": miou, "provenance": line}

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline import params
+from pipeline.errors import DataError
 from pipeline.evidence.ablation import (
     ARMS,
     Cell,
@@ -212,6 +213,22 @@ def test_commit_records_commits_that_file_only(tmp_path):
     assert _git(repo, "diff", "--cached", "--name-only").split() == ["other.txt"]  # still staged, not committed
     commit_records([record], "again")  # committed already: nothing to do, no error
     assert _git(repo, "log", "--format=%s").split("\n")[0] == "ablation: ddfp/8/seed0"
+
+
+def test_report_only_reports_the_records_there_are_and_says_how_many_are_missing(tmp_path):
+    # No data here: nothing may train. The plan has a third seed that no record holds yet.
+    cfg = smoke()
+    out = tmp_path / "reports"
+    _write_records(cfg, out)
+    result = run_ablation(cfg, tmp_path / "absent", tmp_path / "absent", None, tmp_path / "work", out, [0, 1, 2],
+                          list(ARMS), curve_seeds=[0], progress=False, report_only=True)
+    assert result["provenance"].startswith("**Under way: 23 of the plan's 32 runs are recorded**")
+    goals = (out / "ablation_goals.md").read_text()
+    assert re.search(r"\| DDFP - supervised +\| 2 +\| \+10\.00 ", goals) and "Under way: 23 of" in goals
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(DataError, match="no record of this plan yet"):
+        run_ablation(cfg, tmp_path, tmp_path, None, tmp_path / "work", tmp_path / "empty", [0], ["ddfp"],
+                     curve_seeds=[], report_only=True)
 
 
 def test_records_left_uncommitted_by_an_earlier_run_are_committed(tmp_path):
