@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pipeline import params
-from pipeline.cli_args import LAYOUT, config_args, load_config
-from pipeline.errors import EXIT_INTERRUPTED, UsageError, exit_code_help, failure
+from pipeline.cli_args import LAYOUT, config_args, load_config, parse_seeds_of
+from pipeline.errors import EXIT_INTERRUPTED, exit_code_help, failure
 from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.params import Config
 from pipeline.secrets import redact
@@ -145,14 +145,8 @@ def cmd_ablation(args: argparse.Namespace) -> None:
     seeds, curve_seeds = ([int(x) for x in v.split(",") if x.strip()] for v in (args.seeds, args.curve_seeds))
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     inputs = resolve_inputs(cfg, cfg.data.splits, data=args.data, splits_dir=args.splits_dir, weights=args.weights)
-    seeds_of = {}
-    for item in args.seeds_of:
-        arm, _, listed = item.partition("=")
-        if not listed or not all(x.strip().isdigit() for x in listed.split(",")):
-            raise UsageError(f"--seeds-of {item!r}: expected ARM=SEED,SEED,... (e.g. fixmatch=0,1,2,3,4)")
-        seeds_of[arm.strip()] = [int(x) for x in listed.split(",")]
     result = run_ablation(cfg, inputs.data, inputs.splits, inputs.weights, args.work, args.out, seeds, arms,
-                          curve_seeds, commit=args.commit, jobs=args.jobs, seeds_of=seeds_of,
+                          curve_seeds, commit=args.commit, jobs=args.jobs, seeds_of=parse_seeds_of(args.seeds_of),
                           curve_arms=[a.strip() for a in args.curve_arms.split(",") if a.strip()],
                           report_only=args.report_only)
     print(json.dumps(result["miou"], indent=2))

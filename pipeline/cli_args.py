@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 from pipeline import params
+from pipeline.errors import UsageError
 from pipeline.params import Config
 
 # The DVC pipeline's layout (dvc.yaml spells the same paths): the defaults of the commands run beside it.
@@ -26,4 +28,15 @@ def load_config(args: argparse.Namespace) -> Config:
     return params.load(args.params, args.profile, params.parse_overrides(args.overrides))
 
 
-__all__ = ["LAYOUT", "config_args", "load_config"]
+def parse_seeds_of(items: Sequence[str]) -> dict[str, list[int]]:
+    """`--seeds-of ARM=SEED,SEED,...` (repeatable) -> {arm: seeds}."""
+    seeds_of = {}
+    for item in items:
+        arm, _, listed = item.partition("=")
+        if not listed or not all(x.strip().isdigit() for x in listed.split(",")):
+            raise UsageError(f"--seeds-of {item!r}: expected ARM=SEED,SEED,... (e.g. fixmatch=0,1,2,3,4)")
+        seeds_of[arm.strip()] = [int(x) for x in listed.split(",")]
+    return seeds_of
+
+
+__all__ = ["parse_seeds_of", "LAYOUT", "config_args", "load_config"]

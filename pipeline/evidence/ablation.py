@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pipeline.errors import DataError, JobError, UsageError
 from pipeline.evidence.arms import ARMS, CURVE_ARMS
 from pipeline.evidence.ablation_stats import write_outputs
 from pipeline.evidence.diagnostics import pseudo_label_diagnostics, train_log_diagnostics
+from pipeline.evidence.record_commits import check_commit, commit_records, try_commit
 from pipeline.files import write_json_atomic, write_text_atomic
 from pipeline.local_pool import usable_cores, visible_gpus, worker_slots
 from pipeline.params import Config, from_mapping, replace
@@ -244,40 +244,6 @@ def train_cells_in_pool(cfg: Config, cells: list[Cell], split_dirs: dict[Cell, P
                        + "\n  ".join(errors))
 
 
-def commit_records(paths: list[Path], message: str) -> None:
-    """Commit these files, if they changed, and nothing else (git commit --only: whatever else is
-    staged stays staged and uncommitted)."""
-    names = [str(p.resolve()) for p in paths]
-    cwd = paths[0].parent
-    if not _git(cwd, "status", "--porcelain", "--", *names).strip():
-        return
-    _git(cwd, "add", "--", *names)
-    _git(cwd, "commit", "-q", "--only", "-m", message, "--", *names)
-
-
-def try_commit(paths: list[Path], message: str) -> None:
-    """commit_records, where a failure (another git process holding the index) costs no training: the
-    record stays on disk, and the ablation's last step commits every record still uncommitted."""
-    try:
-        commit_records(paths, message)
-    except DataError as err:
-        print(f"ablation: not committed yet ({err}); committed at the end", flush=True)
-
-
-def _git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if done.returncode:
-        raise DataError(f"{cwd}: `git {args[0]}` failed: {(done.stderr or done.stdout).strip()}")
-    return done.stdout
-
-
-def _check_commit(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=out, capture_output=True, text=True)
-    if done.stdout.strip() != "true":
-        raise UsageError(f"--commit: {out} is not inside a git work tree")
-
-
 def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path | None, work: Path, out: Path,
                  seeds: Sequence[int], arms: Sequence[str], curve_seeds: Sequence[int] = (0, 1, 2),
                  progress: bool = True, commit: bool = False, jobs: int = 1,
@@ -293,7 +259,7 @@ def run_ablation(cfg: Config, data_root: Path, splits_dir: Path, weights: Path |
     if jobs < 1:
         raise UsageError(f"-j {jobs}: the number of worker processes must be at least 1")
     if commit:
-        _check_commit(out)
+        check_commit(out)
     cells = plan(cfg.data.splits, list(arms), list(seeds), list(curve_seeds), seeds_of, curve_arms)
     if report_only:
         found = [(r, record_path(out, c)) for c in cells if (r := read_record(record_path(out, c), arm_config(cfg, c)))]
