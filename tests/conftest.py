@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ from tests.helpers import slurm
 from tests.helpers.http_server import FileServer
 from tests.helpers.project import smoke_project
 from tests.helpers.services import SERVICE_REASONS, require_service
+
+# A suite started in the background of a non-interactive shell (`nohup make test &`) inherits SIGINT
+# ignored, and an ignored signal stays ignored across exec: every process the Ctrl-C tests start
+# would then shrug off their SIGINT. A handler of this process's own is reset to the default at exec,
+# so the children get the terminal's usual Ctrl-C whatever shell started the suite.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The service tests skipped on this machine, by node id, with the reason (one of SERVICE_REASONS).
 SKIPPED_SERVICES: dict[str, str] = {}
