@@ -80,8 +80,15 @@ def goal_rows(per_arm: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
         met = p.n > 0 and on_mean and (not goal.ci_above_zero or p.low > 0)
         rows.append({"comparison": f"{_name(arm)} - {other}", "n": p.n, "mean": _mean(p),
                      "95% CI": _ci(p), "sd": _sd(p), "goal": goal.text(),
-                     "verdict": "no pairs yet" if p.n == 0 else "met" if met else "NOT met"})
+                     "verdict": _verdict(p.n, met)})
     return rows
+
+
+def _verdict(pairs: int, met: bool) -> str:
+    # One pair has no interval and no spread: its difference is one seed's, not a finding either way.
+    if pairs < 2:
+        return "no pairs yet" if pairs == 0 else "one pair: no verdict"
+    return "met" if met else "NOT met"
 
 
 PAIRS = (("ddfp", "supervised"), ("mean_teacher", "supervised"), ("fixmatch", "supervised"),

@@ -107,6 +107,8 @@ def test_goal_rows_ask_the_interval_above_zero_where_the_goal_does():
     assert rows["DDFP - ddfp_eps0"]["verdict"] == "NOT met"
     assert rows["DDFP - ddfp_random"]["verdict"] == "no pairs yet" and rows["DDFP - ddfp_random"]["n"] == 0
     assert rows["DDFP - ddfp_random"]["mean"] == "-"  # not "+nan"
+    one = {r["comparison"]: r for r in goal_rows({"ddfp": {0: 50.0}, "supervised": {0: 30.0}})}
+    assert one["DDFP - supervised"]["verdict"] == "one pair: no verdict"  # +20 on one seed is not "met"
     # Mean teacher over supervised: +9 on every seed, so the interval is a point above 0 (its goal: +5, CI above 0).
     assert rows["mean_teacher - supervised"]["verdict"] == "met" and rows["mean_teacher - supervised"]["mean"] == "+9.00"
 
