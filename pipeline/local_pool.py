@@ -104,9 +104,10 @@ class LocalPool:
 
         own = {label: configs.get(label, cfg) for label in runs}
         order = sorted(runs, key=lambda label: not method_spec(own[label]).semi)  # stable: DVC's order within
-        tasks = [Task(label, {"kind": "train", "paths": absolute(p.data_root, p.split_dir, p.out_dir, p.weights),
+        tasks = [Task(label, {"kind": "train", "paths": absolute(runs[label].data_root, runs[label].split_dir,
+                                                                 runs[label].out_dir, runs[label].weights),
                               "config": replace(own[label], {"run.launcher": "local"}).to_dict()})
-                 for label, p in ((label, runs[label]) for label in order)]
+                 for label in order]
         return self.run(tasks, on_poll)
 
     def evaluate(self, cfg: Config, evals: dict, configs: dict, on_poll: Callable[[], None] | None) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
     smallest = min(cfg.data.splits, key=lambda s: labels_of(s, cfg.data.splits))
     at = frame[frame.split == smallest]
     per_arm = {a: dict(zip(g["seed"], g["val_miou"])) for a, g in at.groupby("arm")}
+    goals = pd.DataFrame(goal_rows(per_arm)).to_markdown(index=False, disable_numparse=True)
     line = provenance(records, digest)
     if planned is not None and planned > len(records):
         line = (f"**Under way: {len(records)} of the plan's {planned} runs are recorded**; every table below "
@@ -207,7 +208,7 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
         f"Paired by seed at the smallest split ({smallest} labels), against the goals: mean difference, its "
         "95 % confidence interval (t-distribution, n - 1 degrees of freedom) and the standard deviation of "
         "the paired differences (what sizes the next study).", "",
-        pd.DataFrame(goal_rows(per_arm)).to_markdown(index=False, disable_numparse=True), "",
+        goals, "",
         "Label curve (mean mIoU by labelled split):", "", *curve_lines(summary), "",
         "Paired by seed at every split (the main methods; no goal here, and the splits other than the "
         "smallest have fewer seeds):", "",
@@ -221,7 +222,6 @@ def write_outputs(cfg: Config, records: list[dict[str, Any]], out: Path, digest:
         "![mIoU vs labels](ablation.png)", "",
     ])
     write_text_atomic(out / "ablation.md", text)
-    goals = pd.DataFrame(goal_rows(per_arm)).to_markdown(index=False, disable_numparse=True)
     write_text_atomic(out / "ablation_goals.md", "\n".join([
         "# Ablation goals", "",
         f"The ablation's paired differences at {smallest} labels (val mIoU points; seed k of each arm "
